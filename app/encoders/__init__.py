@@ -1,0 +1,1 @@
+"""Encoders, one module per modality, all behind the contract in base.py."""

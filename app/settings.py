@@ -1,0 +1,52 @@
+"""Service settings: one typed object, read from MMS_* environment variables.
+
+Every field maps to one variable, MMS_<FIELD> in upper case; for example
+MMS_MAX_BATCH_SIZE=16. Units are in the field names (_ms, _s, _bytes, _chars).
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MMS_", frozen=True)
+
+    # Pipelines
+    models_dir: Path = Field(PROJECT_ROOT / "models", description="Folder holding one subfolder per pipeline.")
+    pipelines: list[str] = Field(["default"], description="Pipelines to load at start-up, as a JSON list.")
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:N]'.")
+    torch_threads: int = Field(0, ge=0, description="Threads for torch on the CPU; 0 picks the core count.")
+    preprocess_threads: int = Field(2, ge=1, description="Threads decoding, tokenizing and computing features.")
+
+    # Micro-batching
+    max_batch_size: int = Field(32, ge=1, description="Most items (rows) in one forward pass.")
+    max_wait_ms: float = Field(0.0, ge=0, description="Extra wait for companions when the device is idle.")
+    max_queue_items: int = Field(1024, ge=1, description="Items queued per encoder before 429.")
+    max_batch_tokens: int = Field(16384, ge=1, description="Text batch budget in tokens, padding included.")
+    max_batch_pixels: int = Field(32 * 224 * 224, ge=1, description="Image batch budget in model-input pixels.")
+    max_batch_windows: int = Field(256, ge=1, description="Audio batch budget in encoder windows.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request; 504 past it.")
+
+    # Input limits
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest request body.")
+    max_part_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest multipart file part.")
+    max_text_chars: int = Field(20_000, ge=1, description="Longest text, in Unicode code points.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image, width x height, read from the header.")
+    min_image_side: int = Field(1, ge=1, description="Smallest accepted image width or height.")
+    max_audio_s: float = Field(60.0, gt=0, description="Longest audio clip, read from the header.")
+
+    # Security
+    api_keys: list[str] = Field([], description="Accepted Bearer keys, as a JSON list; empty turns auth off.")
+    cors_origins: list[str] = Field([], description="Origins allowed by CORS, as a JSON list.")
+
+    log_level: str = Field("INFO", description="Log level of the service's loggers.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
