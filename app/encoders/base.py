@@ -52,6 +52,11 @@ class Encoder(ABC):
         must not depend on the other items of the batch (up to float rounding).
         """
 
+    @staticmethod
+    def batch_cost(costs: list[int]) -> int:
+        """Return what a batch of items with these costs spends of the budget."""
+        return sum(costs)
+
     @abstractmethod
     def example_payload(self) -> Any:
         """Return a realistic input used to warm the encoder up before readiness."""

@@ -1,0 +1,23 @@
+# The two commands of the README: `make serve` and `make test`.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup setup-test serve test bench container
+
+setup:
+	bash scripts/setup.sh
+
+setup-test:
+	bash scripts/setup.sh --test
+
+serve: setup
+	.venv/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+test: setup-test
+	.venv/bin/python -m pytest
+
+bench: setup-test
+	.venv/bin/python -m bench.run
+
+container:
+	bash scripts/container.sh

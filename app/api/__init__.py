@@ -1,0 +1,1 @@
+"""The HTTP layer: routes, multipart parsing, problem details and middleware."""

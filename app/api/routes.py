@@ -1,0 +1,140 @@
+"""Routes of the multipart API, the model listing and the health probes."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.api.forms import read_form
+from app.engine.engine import EmbedResult, Engine
+from app.errors import InvalidInput, NotReady
+from app.schemas import (
+    ClassifyResponse,
+    EmbedResponse,
+    EncoderInfo,
+    LabelScore,
+    ModelsResponse,
+    PipelineInfo,
+    Problem,
+    multipart_schema,
+)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": description}
+    for status, description in {
+        400: "Malformed multipart body",
+        404: "Unknown pipeline",
+        413: "Body, part, text, image or audio above its limit",
+        415: "Unsupported media type",
+        422: "Invalid input",
+        429: "Queue full; retry after the Retry-After seconds",
+        503: "Not ready",
+        504: "Deadline passed",
+    }.items()
+}
+
+router = APIRouter()
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _inputs(result: EmbedResult) -> dict[str, dict[str, Any]]:
+    return {modality: dict(info) for modality, info in result.info.items()}
+
+
+@router.post(
+    "/v1/embed",
+    response_model=EmbedResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra={"requestBody": multipart_schema(with_top_k=False)},
+    summary="Embed one sample: any mix of a text, an image and an audio clip",
+    tags=["inference"],
+)
+async def embed(request: Request) -> EmbedResponse:
+    engine = _engine(request)
+    form = await read_form(request, engine.settings)
+    result = await engine.embed(form.pipeline, form.sample, weights=form.weights)
+    per_modality = None
+    if form.return_modalities:
+        per_modality = {m: result.per_modality[m].tolist() for m in result.modalities}
+    return EmbedResponse(
+        pipeline=result.pipeline.name,
+        space=result.space,
+        dimension=int(result.vector.shape[0]),
+        modalities=result.modalities,
+        weights=result.weights,
+        embedding=result.vector.tolist(),
+        per_modality=per_modality,
+        inputs=_inputs(result),
+    )
+
+
+@router.post(
+    "/v1/classify",
+    response_model=ClassifyResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra={"requestBody": multipart_schema(with_top_k=True)},
+    summary="Classify one sample with the pipeline's head",
+    tags=["inference"],
+)
+async def classify(request: Request) -> ClassifyResponse:
+    engine = _engine(request)
+    form = await read_form(request, engine.settings)
+    pipeline = engine.pipeline(form.pipeline)
+    if pipeline.head is None:
+        raise InvalidInput(
+            f"pipeline '{pipeline.name}' has no classification head; add one as "
+            f"{pipeline.folder.name}/head/ (head.safetensors with 'weight' and 'bias', and labels.json), "
+            "or use POST /v1/embed",
+            field="pipeline",
+            value=pipeline.name,
+        )
+    result = await engine.embed(form.pipeline, form.sample, weights=form.weights)
+    probabilities = pipeline.head.probabilities(result.vector)
+    top_k = min(form.top_k or len(pipeline.head.labels), len(pipeline.head.labels))
+    order = probabilities.argsort()[::-1][:top_k]
+    return ClassifyResponse(
+        pipeline=pipeline.name,
+        modalities=result.modalities,
+        labels=[LabelScore(label=pipeline.head.labels[i], score=float(probabilities[i])) for i in order],
+        inputs=_inputs(result),
+    )
+
+
+@router.get("/v1/models", response_model=ModelsResponse, tags=["service"], summary="List loaded pipelines")
+async def list_models(request: Request) -> ModelsResponse:
+    engine = _engine(request)
+    if not engine.ready:
+        raise NotReady("the service is still loading its encoders; retry shortly")
+    pipelines = []
+    for pipeline in engine.pipelines.values():
+        pipelines.append(
+            PipelineInfo(
+                name=pipeline.name,
+                description=pipeline.description,
+                modalities=list(pipeline.encoders),
+                encoders=[EncoderInfo(**encoder.describe()) for encoder in pipeline.encoders.values()],
+                fusion=pipeline.fusion.kind,
+                dimension=pipeline.fusion.dim,
+                default_weights=pipeline.fusion.default_weights,
+                labels=pipeline.head.labels if pipeline.head else None,
+            )
+        )
+    return ModelsResponse(pipelines=pipelines)
+
+
+@router.get("/healthz", tags=["service"], summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/readyz", tags=["service"], summary="Readiness: every encoder is loaded and warm")
+async def readyz(request: Request) -> JSONResponse:
+    engine = _engine(request)
+    if engine.draining:
+        raise NotReady("the service is shutting down")
+    if not engine.ready:
+        raise NotReady(engine.load_error or "the service is still loading its encoders")
+    return JSONResponse({"status": "ready", "pipelines": sorted(engine.pipelines)})

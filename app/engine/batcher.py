@@ -1,0 +1,140 @@
+"""Per-encoder micro-batching with a bounded queue, a row cap and a cost budget.
+
+Items wait in the queue only while the device is busy: when the device lock is free
+the batcher takes what is queued at once, up to `max_batch_size` rows and the cost
+budget, so an idle device adds no wait. An item costlier than the whole budget runs
+alone rather than waiting forever. Expired items and items whose caller went away
+are dropped before the forward pass.
+"""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app import metrics
+from app.encoders.base import Encoder, Prepared
+from app.engine.worker import DeviceWorker
+from app.errors import Overloaded, TimedOut
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Item:
+    prepared: Prepared
+    future: asyncio.Future[np.ndarray]
+    deadline: float
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    max_batch_size: int
+    max_batch_cost: int
+    max_queue_items: int
+    max_wait_s: float = 0.0
+
+
+class Batcher:
+    def __init__(self, name: str, encoder: Encoder, worker: DeviceWorker, limits: BatchLimits) -> None:
+        self.name = name
+        self.encoder = encoder
+        self.worker = worker
+        self.limits = limits
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._queue_gauge = metrics.QUEUE_DEPTH.labels(name)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, prepared: Prepared, deadline: float) -> np.ndarray:
+        """Queue one item and wait for its embedding; raise Overloaded when the queue is full."""
+        if len(self._queue) >= self.limits.max_queue_items:
+            metrics.ITEMS_REJECTED.labels(self.name).inc()
+            raise Overloaded(
+                f"the {self.name} queue holds {len(self._queue)} items, its limit; retry shortly",
+                limit=self.limits.max_queue_items,
+            )
+        item = _Item(prepared, asyncio.get_running_loop().create_future(), deadline)
+        self._queue.append(item)
+        self._queue_gauge.set(len(self._queue))
+        self._wakeup.set()
+        return await item.future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if not self._queue:
+                self._wakeup.clear()
+                continue
+            await self._maybe_wait_for_companions()
+            async with self.worker.lock:
+                batch = self._take_batch()
+                if batch:
+                    await self._forward(batch)
+
+    async def _maybe_wait_for_companions(self) -> None:
+        # Off by default: an idle device should start at once.
+        if self.limits.max_wait_s <= 0 or len(self._queue) >= self.limits.max_batch_size:
+            return
+        await asyncio.sleep(self.limits.max_wait_s)
+
+    def _take_batch(self) -> list[_Item]:
+        now = time.monotonic()
+        batch: list[_Item] = []
+        costs: list[int] = []
+        while self._queue and len(batch) < self.limits.max_batch_size:
+            item = self._queue[0]
+            if item.future.done():
+                self._queue.popleft()
+                metrics.ITEMS_DROPPED.labels(self.name).inc()
+                continue
+            if item.deadline <= now:
+                self._queue.popleft()
+                metrics.ITEMS_EXPIRED.labels(self.name).inc()
+                item.future.set_exception(TimedOut("the request waited past its deadline in the queue"))
+                continue
+            cost = self.encoder.batch_cost([*costs, item.prepared.cost])
+            if batch and cost > self.limits.max_batch_cost:
+                break
+            self._queue.popleft()
+            batch.append(item)
+            costs.append(item.prepared.cost)
+        self._queue_gauge.set(len(self._queue))
+        if batch:
+            metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+            metrics.BATCH_COST.labels(self.name).observe(self.encoder.batch_cost(costs))
+            for item in batch:
+                metrics.QUEUE_SECONDS.labels(self.name).observe(now - item.enqueued)
+        return batch
+
+    async def _forward(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            rows = await self.worker.run(self.encoder.forward, [item.prepared for item in batch])
+        except Exception as exc:  # a failing forward pass is a bug; report it, keep serving
+            logger.exception("forward pass of %s failed on a batch of %d", self.name, len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        metrics.FORWARD_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        logger.debug("%s forward: %d items in %.1f ms", self.name, len(batch), 1000 * (time.perf_counter() - started))
+        for item, row in zip(batch, rows, strict=True):
+            if not item.future.done():
+                item.future.set_result(row)

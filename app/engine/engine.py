@@ -1,0 +1,211 @@
+"""The engine: loads pipelines, then runs each sample through preprocess, batch and fuse."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from app import metrics
+from app.encoders.registry import ENCODER_BUILDERS
+from app.engine.batcher import Batcher, BatchLimits
+from app.engine.worker import DeviceWorker, pick_device
+from app.errors import InvalidInput, NotFound, NotReady, ServiceError, TimedOut
+from app.pipeline import MODALITIES, Pipeline, load_pipeline
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Sample:
+    """One multimodal input; a modality left as None is absent."""
+
+    text: str | None = None
+    image: bytes | None = None
+    audio: bytes | None = None
+
+    def payloads(self) -> dict[str, Any]:
+        present = {"text": self.text, "image": self.image, "audio": self.audio}
+        return {m: value for m, value in present.items() if value is not None}
+
+
+@dataclass(slots=True)
+class EmbedResult:
+    pipeline: Pipeline
+    vector: np.ndarray
+    weights: dict[str, float]
+    space: str
+    per_modality: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITIES if m in self.per_modality]
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.pipelines: dict[str, Pipeline] = {}
+        self.ready = False
+        self.draining = False
+        self.load_error: str | None = None
+        self._worker = DeviceWorker(self.device)
+        self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Load and warm every pipeline, then start the batchers and turn ready."""
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._load)
+        except Exception:
+            self.load_error = "pipelines failed to load; see the log"
+            logger.exception("loading pipelines failed")
+            raise
+        for (name, modality), batcher in self._create_batchers().items():
+            self._batchers[(name, modality)] = batcher
+            batcher.start()
+        self.ready = True
+        logger.info("ready in %.1f s on %s: pipelines %s", time.perf_counter() - started, self.device, list(self.pipelines))
+
+    def _load(self) -> None:
+        if self.device.type == "cpu" and self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        for name in self.settings.pipelines:
+            pipeline = load_pipeline(name, self.settings, self.device, ENCODER_BUILDERS)
+            for modality, encoder in pipeline.encoders.items():
+                logger.info("warming up %s/%s", name, modality)
+                self._worker.run_blocking(encoder.warmup)
+            self.pipelines[name] = pipeline
+
+    def _create_batchers(self) -> dict[tuple[str, str], Batcher]:
+        budgets = {
+            "text": self.settings.max_batch_tokens,
+            "image": self.settings.max_batch_pixels,
+            "audio": self.settings.max_batch_windows,
+        }
+        batchers = {}
+        for name, pipeline in self.pipelines.items():
+            for modality, encoder in pipeline.encoders.items():
+                limits = BatchLimits(
+                    max_batch_size=self.settings.max_batch_size,
+                    max_batch_cost=budgets[modality],
+                    max_queue_items=self.settings.max_queue_items,
+                    max_wait_s=self.settings.max_wait_ms / 1000,
+                )
+                batchers[(name, modality)] = Batcher(f"{name}/{modality}", encoder, self._worker, limits)
+        return batchers
+
+    async def stop(self) -> None:
+        self.ready = False
+        for batcher in self._batchers.values():
+            await batcher.stop()
+        self._worker.shutdown()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def queued_items(self) -> int:
+        return sum(b.queued for b in self._batchers.values())
+
+    # Requests
+
+    def pipeline(self, name: str) -> Pipeline:
+        if not self.ready:
+            raise NotReady("the service is still loading its encoders; retry shortly")
+        if name not in self.pipelines:
+            raise NotFound(
+                f"pipeline '{name}' is not loaded; loaded pipelines: {sorted(self.pipelines)}",
+                field="pipeline",
+                value=name,
+            )
+        return self.pipelines[name]
+
+    async def embed(
+        self,
+        pipeline_name: str,
+        sample: Sample,
+        *,
+        weights: Mapping[str, float] | None = None,
+        timeout_s: float | None = None,
+    ) -> EmbedResult:
+        pipeline = self.pipeline(pipeline_name)
+        payloads = sample.payloads()
+        self._check_modalities(pipeline, payloads)
+        present = [m for m in MODALITIES if m in payloads]
+        resolved = pipeline.fusion.resolve_weights(weights, present)
+        timeout = timeout_s if timeout_s is not None else self.settings.request_timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                prepared = await _all_or_nothing(
+                    {m: self._preprocess(pipeline, m, payloads[m]) for m in present}
+                )
+                vectors = await _all_or_nothing(
+                    {m: self._batchers[(pipeline.name, m)].submit(prepared[m], deadline) for m in present}
+                )
+        except TimeoutError as exc:
+            raise TimedOut(f"the request did not finish within its deadline of {timeout:g} s") from exc
+
+        fused = pipeline.fusion.fuse(vectors, resolved)
+        merged = {**pipeline.fusion.default_weights, **(weights or {})}
+        return EmbedResult(
+            pipeline=pipeline,
+            vector=fused,
+            weights=resolved,
+            space=pipeline.space(merged),
+            per_modality=vectors,
+            info={m: prepared[m].info for m in present},
+        )
+
+    @staticmethod
+    def _check_modalities(pipeline: Pipeline, payloads: Mapping[str, Any]) -> None:
+        if not payloads:
+            raise InvalidInput(
+                "the sample is empty; send at least one of the fields text, image or audio",
+                field="sample",
+            )
+        for modality in payloads:
+            if modality not in pipeline.encoders:
+                raise InvalidInput(
+                    f"pipeline '{pipeline.name}' has no {modality} encoder; "
+                    f"it accepts {sorted(pipeline.encoders)}",
+                    field=modality,
+                )
+
+    async def _preprocess(self, pipeline: Pipeline, modality: str, payload: Any) -> Any:
+        encoder = pipeline.encoders[modality]
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._pool, encoder.preprocess, payload)
+        metrics.PREPROCESS_SECONDS.labels(f"{pipeline.name}/{modality}").observe(time.perf_counter() - started)
+        return prepared
+
+
+async def _all_or_nothing(coroutines: Mapping[str, Awaitable[T]]) -> dict[str, T]:
+    """Await every coroutine; on the first failure cancel the rest and raise that failure.
+
+    Cancelling matters for the batchers: a cancelled item is dropped before the forward
+    pass, so a sample whose image is invalid does not spend device time on its text.
+    """
+    tasks = {key: asyncio.ensure_future(coro) for key, coro in coroutines.items()}
+    try:
+        await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks.values():
+            task.cancel()
+    failures = [t.exception() for t in tasks.values() if t.done() and not t.cancelled() and t.exception()]
+    service_errors = [e for e in failures if isinstance(e, ServiceError)]
+    if service_errors or failures:
+        raise (service_errors or failures)[0]  # type: ignore[misc]
+    return {key: task.result() for key, task in tasks.items()}

@@ -1,0 +1,1 @@
+"""Fusion of per-modality embeddings and the heads that classify the fused vector."""

@@ -1,0 +1,67 @@
+"""The ASGI application: `uvicorn app.main:app` serves it."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.api.docs import install_docs
+from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.api.problems import install_problem_handlers
+from app.api.routes import router
+from app.engine.engine import Engine
+from app.logs import configure_logging
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    configure_logging(settings.log_level)
+    engine = Engine(settings)
+    app.state.engine = engine
+    # Loading runs in the background so /healthz answers while the encoders load.
+    loading = asyncio.create_task(engine.start(), name="load-pipelines")
+    try:
+        yield
+    finally:
+        engine.draining = True
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        await engine.stop()
+        logger.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Multimodal embedding service",
+        version=__version__,
+        description=(
+            "Embeds and classifies samples made of a text, an image and an audio clip. "
+            "POST one sample as multipart/form-data to /v1/embed or /v1/classify."
+        ),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    install_docs(app)
+    app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+app = create_app()

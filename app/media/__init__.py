@@ -1,0 +1,1 @@
+"""Decoders that turn uploaded media bytes into arrays, validating them on the way."""
