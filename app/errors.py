@@ -91,3 +91,11 @@ class TimedOut(ServiceError):
     status = 504
     kind = "timed-out"
     title = "Request timed out"
+
+
+class ClientClosedRequest(ServiceError):
+    """The client went away before the answer; nobody reads this status but the logs."""
+
+    status = 499
+    kind = "client-closed-request"
+    title = "Client closed request"

@@ -3,9 +3,11 @@
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.forms import read_form
+from app.api.forms import FormRequest, read_form
+from app.api.lifetime import request_timeout, unless_disconnected
 from app.engine.engine import EmbedResult, Engine
 from app.errors import InvalidInput, NotReady
 from app.schemas import (
@@ -40,6 +42,12 @@ def _engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
+async def _embed(request: Request, engine: Engine, form: FormRequest) -> EmbedResult:
+    timeout_s = request_timeout(request, engine.settings.request_timeout_s)
+    work = engine.embed(form.pipeline, form.sample, weights=form.weights, timeout_s=timeout_s)
+    return await unless_disconnected(request, work)
+
+
 def _inputs(result: EmbedResult) -> dict[str, dict[str, Any]]:
     return {modality: dict(info) for modality, info in result.info.items()}
 
@@ -55,7 +63,7 @@ def _inputs(result: EmbedResult) -> dict[str, dict[str, Any]]:
 async def embed(request: Request) -> EmbedResponse:
     engine = _engine(request)
     form = await read_form(request, engine.settings)
-    result = await engine.embed(form.pipeline, form.sample, weights=form.weights)
+    result = await _embed(request, engine, form)
     per_modality = None
     if form.return_modalities:
         per_modality = {m: result.per_modality[m].tolist() for m in result.modalities}
@@ -91,7 +99,7 @@ async def classify(request: Request) -> ClassifyResponse:
             field="pipeline",
             value=pipeline.name,
         )
-    result = await engine.embed(form.pipeline, form.sample, weights=form.weights)
+    result = await _embed(request, engine, form)
     probabilities = pipeline.head.probabilities(result.vector)
     top_k = min(form.top_k or len(pipeline.head.labels), len(pipeline.head.labels))
     order = probabilities.argsort()[::-1][:top_k]
@@ -123,6 +131,11 @@ async def list_models(request: Request) -> ModelsResponse:
             )
         )
     return ModelsResponse(pipelines=pipelines)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz", tags=["service"], summary="Liveness: the process answers")

@@ -30,6 +30,8 @@ class Encoder(ABC):
 
     modality: ClassVar[str]
     cost_unit: ClassVar[str]
+    pads_to_longest: ClassVar[bool] = False
+    """True when a batch costs rows x longest item, so grouping similar items saves work."""
 
     def __init__(self, *, model_id: str, revision: str, dim: int, device: torch.device) -> None:
         self.model_id = model_id

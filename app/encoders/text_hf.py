@@ -50,6 +50,7 @@ class HFTextEncoder(Encoder):
 
     modality = "text"
     cost_unit = "tokens"
+    pads_to_longest = True
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ are dropped before the forward pass.
 """
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -21,6 +22,9 @@ from app.engine.worker import DeviceWorker
 from app.errors import Overloaded, TimedOut
 
 logger = logging.getLogger(__name__)
+
+# How many batches' worth of queued items the batcher looks at when grouping by cost.
+LOOKAHEAD_BATCHES = 4
 
 
 @dataclass(slots=True)
@@ -96,32 +100,53 @@ class Batcher:
 
     def _take_batch(self) -> list[_Item]:
         now = time.monotonic()
-        batch: list[_Item] = []
+        self._drop_stale(now)
+        chosen: list[_Item] = []
         costs: list[int] = []
-        while self._queue and len(batch) < self.limits.max_batch_size:
-            item = self._queue[0]
-            if item.future.done():
-                self._queue.popleft()
-                metrics.ITEMS_DROPPED.labels(self.name).inc()
+        for item in self._candidates():
+            if len(chosen) == self.limits.max_batch_size:
+                break
+            cost = self.encoder.batch_cost([*costs, item.prepared.cost])
+            # The oldest item always runs, alone if it is costlier than the whole budget.
+            if chosen and cost > self.limits.max_batch_cost:
                 continue
-            if item.deadline <= now:
-                self._queue.popleft()
+            chosen.append(item)
+            costs.append(item.prepared.cost)
+        if chosen:
+            taken = {id(item) for item in chosen}
+            self._queue = deque(item for item in self._queue if id(item) not in taken)
+            metrics.BATCH_SIZE.labels(self.name).observe(len(chosen))
+            metrics.BATCH_COST.labels(self.name).observe(self.encoder.batch_cost(costs))
+            for item in chosen:
+                metrics.QUEUE_SECONDS.labels(self.name).observe(now - item.enqueued)
+        self._queue_gauge.set(len(self._queue))
+        return chosen
+
+    def _candidates(self) -> list[_Item]:
+        """Return the look-ahead window, oldest first, then by closeness in cost to it.
+
+        For encoders that pad every row to the longest (text), grouping items of
+        similar length cuts padding; the oldest item leads so that nothing starves.
+        """
+        window = list(itertools.islice(self._queue, self.limits.max_batch_size * LOOKAHEAD_BATCHES))
+        if not window or not self.encoder.pads_to_longest:
+            return window
+        oldest = window[0]
+        rest = sorted(window[1:], key=lambda item: abs(item.prepared.cost - oldest.prepared.cost))
+        return [oldest, *rest]
+
+    def _drop_stale(self, now: float) -> None:
+        """Remove items whose caller went away or whose deadline passed."""
+        kept: deque[_Item] = deque()
+        for item in self._queue:
+            if item.future.done():
+                metrics.ITEMS_DROPPED.labels(self.name).inc()
+            elif item.deadline <= now:
                 metrics.ITEMS_EXPIRED.labels(self.name).inc()
                 item.future.set_exception(TimedOut("the request waited past its deadline in the queue"))
-                continue
-            cost = self.encoder.batch_cost([*costs, item.prepared.cost])
-            if batch and cost > self.limits.max_batch_cost:
-                break
-            self._queue.popleft()
-            batch.append(item)
-            costs.append(item.prepared.cost)
-        self._queue_gauge.set(len(self._queue))
-        if batch:
-            metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
-            metrics.BATCH_COST.labels(self.name).observe(self.encoder.batch_cost(costs))
-            for item in batch:
-                metrics.QUEUE_SECONDS.labels(self.name).observe(now - item.enqueued)
-        return batch
+            else:
+                kept.append(item)
+        self._queue = kept
 
     async def _forward(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
