@@ -2,8 +2,11 @@
 
 import asyncio
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,6 +29,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     configure_logging(settings.log_level)
     engine = Engine(settings)
     app.state.engine = engine
+    _drain_on_sigterm(engine, settings.shutdown_drain_s)
     # Loading runs in the background so /healthz answers while the encoders load.
     loading = asyncio.create_task(engine.start(), name="load-pipelines")
     try:
@@ -36,6 +40,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(loading, return_exceptions=True)
         await engine.stop()
         logger.info("stopped")
+
+
+def _drain_on_sigterm(engine: Engine, drain_s: float) -> None:
+    """Turn /readyz to 503 as soon as SIGTERM arrives, and keep serving for `drain_s`.
+
+    During the drain the service still accepts and answers requests, so that load
+    balancers polling /readyz take it out of rotation before its socket closes. Then
+    uvicorn's own shutdown runs: it stops accepting connections and waits for the
+    requests in flight (queued ones included), up to --timeout-graceful-shutdown.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    server_handler = signal.getsignal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+
+    def handle_sigterm(signum: int, frame: FrameType | None) -> None:
+        if not callable(server_handler):
+            return
+        if engine.draining:  # a second SIGTERM skips the rest of the drain
+            server_handler(signum, frame)
+            return
+        engine.draining = True
+        logger.info("SIGTERM received: draining for %.1f s with %d items queued", drain_s, engine.queued_items())
+        loop.call_soon_threadsafe(loop.call_later, drain_s, server_handler, signum, None)
+
+    signal.signal(signal.SIGTERM, handle_sigterm)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=1, description="Text batch budget in tokens, padding included.")
     max_batch_pixels: int = Field(32 * 224 * 224, ge=1, description="Image batch budget in model-input pixels.")
     max_batch_windows: int = Field(256, ge=1, description="Audio batch budget in encoder windows.")
+    shutdown_drain_s: float = Field(
+        2.0, ge=0, description="Seconds between SIGTERM (readiness turns 503) and closing the socket."
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request; 504 past it.")
 
     # Input limits
@@ -45,6 +48,14 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field([], description="Origins allowed by CORS, as a JSON list.")
 
     log_level: str = Field("INFO", description="Log level of the service's loggers.")
+
+    # Request shape limits
+    max_items_per_request: int = Field(
+        256, ge=1, description="Maximum number of inputs in one POST /v1/embeddings request."
+    )
+    max_form_parts: int = Field(
+        16, ge=1, description="Maximum number of file parts, and separately of non-file parts, in one multipart body."
+    )
 
 
 @lru_cache
