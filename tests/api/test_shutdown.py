@@ -52,5 +52,7 @@ def test_sigterm_drains_queued_requests(tmp_path: Path) -> None:
 
     assert ready_status == 503
     assert statuses == [200] * 48
-    assert exit_code == 0
+    # uvicorn re-raises the captured SIGTERM after a clean shutdown, so the process ends by it.
+    assert exit_code == -signal.SIGTERM
     assert "SIGTERM received" in log
+    assert "Application shutdown complete" in log
