@@ -71,13 +71,14 @@ class Problem(BaseModel):
 def multipart_schema(with_top_k: bool) -> dict[str, Any]:
     """Return the OpenAPI request body of the multipart routes, so Swagger UI shows the form."""
     properties: dict[str, Any] = {
-        "text": {"type": "string", "description": "Text to embed, UTF-8."},
+        "text": {"type": "string", "description": "Text to embed, UTF-8.", "example": "A cat asleep on a sofa"},
         "image": {"type": "string", "format": "binary", "description": "Image file (JPEG, PNG, WebP, GIF, BMP, TIFF)."},
         "audio": {"type": "string", "format": "binary", "description": "Audio file (WAV, FLAC, OGG, MP3)."},
         "pipeline": {"type": "string", "default": "default", "description": "Pipeline name, see GET /v1/models."},
         "weights": {
             "type": "string",
             "description": 'Fusion weights as a JSON object, e.g. {"text": 2, "image": 1}.',
+            "example": '{"text": 1, "image": 1, "audio": 1}',
         },
         "return_modalities": {
             "type": "boolean",

@@ -33,6 +33,8 @@ if (( with_tests )); then
     for tool in espeak-ng:espeak-ng nginx:nginx-light chromium:chromium chromedriver:chromium-driver wrk:wrk; do
         command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
     done
+    # The only CMYK ICC profile in Debian's archive, for the CMYK JPEG test.
+    [[ -f /usr/share/color/icc/ghostscript/default_cmyk.icc ]] || missing+=(libgs-common)
     if (( ${#missing[@]} )); then
         if [[ $(id -u) -ne 0 ]]; then
             echo "setup: install these Debian packages first: ${missing[*]}" >&2

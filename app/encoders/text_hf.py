@@ -1,56 +1,117 @@
-"""Text encoders loaded with transformers Auto classes from a folder or the hub."""
+"""Text encoders loaded with transformers from a folder, an installed package or the hub.
+
+Families: BERT, RoBERTa and XLM-RoBERTa (AutoModel with CLS or attention-masked mean
+pooling), sentence-transformers folders (their own pooling config), and the CLIP text
+tower (the projected text embedding, in the same space as CLIP's image embedding).
+"""
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
 
 from app.encoders.base import Encoder, Prepared
-from app.encoders.weights import fingerprint_files
+from app.encoders.hf_common import (
+    autocast_dtype,
+    check_missing_weights,
+    check_weights_present,
+    embed_with_fallback,
+    load_pretrained,
+    offline_mode,
+    weights_revision,
+)
 from app.errors import InvalidInput, PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
-POOLING_MODES = ("mean", "cls")
+POOLING_MODES = ("mean", "cls", "projection")
+LONG_TEXT_MODES = ("truncate", "window")
+DEFAULT_MAX_WINDOWS = 16
+# RoBERTa-family position ids start after the padding index, so the first
+# pad_token_id + 1 positions of the table never hold a token.
+_OFFSET_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert")
+_CLIP_MODEL_TYPES = ("clip", "clip_text_model")
+# sentence-transformers modules that this encoder reproduces; any other (Dense, ...) is rejected.
+_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
 @dataclass(slots=True)
 class TokenizedText:
-    input_ids: list[int]
+    windows: list[list[int]]
+    """Token ids of each window, special tokens included; one window unless long_text is 'window'."""
+    weights: list[int]
+    """Content tokens per window, the weight of its embedding in the average."""
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The first window's ids: the whole (possibly truncated) input when there is one window."""
+        return self.windows[0]
+
+
+@dataclass(frozen=True, slots=True)
+class FolderLayout:
+    """Where the transformer lives inside a folder, and what a sentence-transformers folder declares."""
+
+    model_folder: str
+    pooling: str | None = None
+    max_tokens: int | None = None
 
 
 def read_folder_pooling(folder: Path) -> str | None:
-    """Return the pooling mode that a sentence-transformers folder declares, if any."""
-    config_path = folder / "1_Pooling" / "config.json"
+    """Return the pooling mode that a sentence-transformers `1_Pooling` folder declares, if any."""
+    config_path = folder / "config.json"
     if not config_path.is_file():
         return None
     config = json.loads(config_path.read_text())
-    if config.get("pooling_mode_cls_token"):
-        return "cls"
-    if config.get("pooling_mode_mean_tokens"):
-        return "mean"
-    return None
+    # sentence-transformers 6 writes "pooling_mode"; older releases write one boolean per mode.
+    modes = config.get("pooling_mode")
+    if modes is None:
+        modes = [key.removeprefix("pooling_mode_") for key, on in config.items() if key.startswith("pooling_mode_") and on]
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    names = {"cls_token": "cls", "mean_tokens": "mean", "cls": "cls", "mean": "mean"}
+    if len(modes) != 1 or modes[0] not in names:
+        raise ValueError(f"{config_path} declares pooling {modes}; this encoder supports one of cls or mean")
+    return names[modes[0]]
 
 
-def read_folder_max_tokens(folder: Path) -> int | None:
-    """Return sentence-transformers' `max_seq_length`, the length the model was trained on."""
-    config_path = folder / "sentence_bert_config.json"
-    if not config_path.is_file():
-        return None
-    value = json.loads(config_path.read_text()).get("max_seq_length")
-    return int(value) if value else None
+def read_folder_layout(folder: Path) -> FolderLayout:
+    """Read a sentence-transformers `modules.json`, or treat the folder as a plain transformers one."""
+    modules_path = folder / "modules.json"
+    if not modules_path.is_file():
+        return FolderLayout(model_folder=str(folder))
+    modules = json.loads(modules_path.read_text())
+    kinds = {module["type"].rsplit(".", 1)[-1]: module.get("path", "") for module in modules}
+    unsupported = sorted(set(kinds) - set(_SUPPORTED_MODULES))
+    if unsupported:
+        raise ValueError(f"{modules_path} uses modules {unsupported}; only {list(_SUPPORTED_MODULES)} are supported")
+    model_folder = folder / kinds.get("Transformer", "")
+    pooling = read_folder_pooling(folder / kinds["Pooling"]) if "Pooling" in kinds else None
+    max_tokens = None
+    bert_config = model_folder / "sentence_bert_config.json"
+    if bert_config.is_file():
+        # The length the model was trained on, usually below what its positions allow.
+        value = json.loads(bert_config.read_text()).get("max_seq_length")
+        max_tokens = int(value) if value else None
+    return FolderLayout(model_folder=str(model_folder), pooling=pooling, max_tokens=max_tokens)
 
 
 class HFTextEncoder(Encoder):
-    """A BERT- or RoBERTa-family encoder with CLS or attention-masked mean pooling."""
+    """A transformers text encoder with CLS, attention-masked mean or CLIP projection pooling.
+
+    Text longer than the model's limit is truncated, and the item's info says so with the
+    full token count. With long_text="window" it is instead split into windows of at
+    most max_tokens (special tokens included), up to max_windows, whose embeddings are
+    averaged, weighted by their content tokens.
+    """
 
     modality = "text"
     cost_unit = "tokens"
-    pads_to_longest = True
 
     def __init__(
         self,
@@ -62,37 +123,63 @@ class HFTextEncoder(Encoder):
         revision: str | None = None,
         pooling: str | None = None,
         max_tokens: int | None = None,
-        local_files_only: bool = True,
-        dtype: torch.dtype = torch.float32,
+        local_files_only: bool | None = None,
+        dtype: str | torch.dtype = "float32",
+        long_text: str = "truncate",
+        max_windows: int = DEFAULT_MAX_WINDOWS,
     ) -> None:
-        folder = Path(source)
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=revision, local_files_only=local_files_only
+        layout = read_folder_layout(Path(source)) if Path(source).is_dir() else FolderLayout(model_folder=source)
+        offline = offline_mode() if local_files_only is None else local_files_only
+        check_weights_present(layout.model_folder, model_id=model_id, revision=revision, local_files_only=offline)
+        self.tokenizer = load_pretrained(
+            lambda: AutoTokenizer.from_pretrained(layout.model_folder, revision=revision, local_files_only=offline),
+            layout.model_folder,
+            model_id=model_id,
         )
-        model = AutoModel.from_pretrained(source, revision=revision, local_files_only=local_files_only)
-        self.model = model.eval().to(device=device, dtype=dtype)
-        self.pooling = pooling or read_folder_pooling(folder) or "mean"
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        config = load_pretrained(
+            lambda: AutoConfig.from_pretrained(layout.model_folder, revision=revision, local_files_only=offline),
+            layout.model_folder,
+            model_id=model_id,
+        )
+        self.pooling = _pick_pooling(pooling or layout.pooling, config.model_type, model_id)
+        model_class = CLIPTextModelWithProjection if self.pooling == "projection" else AutoModel
+        model, loading_info = load_pretrained(
+            lambda: model_class.from_pretrained(
+                layout.model_folder, revision=revision, local_files_only=offline, output_loading_info=True
+            ),
+            layout.model_folder,
+            model_id=model_id,
+        )
+        check_missing_weights(loading_info, model_id=model_id)
+        self.model = model.eval().to(device)
+        self.autocast_dtype = autocast_dtype(dtype, device, label=f"text encoder {model_id}")
+
+        if long_text not in LONG_TEXT_MODES:
+            raise ValueError(f"long_text must be one of {LONG_TEXT_MODES}, got {long_text!r}")
+        if max_windows < 1:
+            raise ValueError(f"max_windows must be at least 1, got {max_windows}")
+        self.long_text = long_text
+        self.max_windows = max_windows
         self.max_chars = max_chars
-        self.max_tokens = max_tokens or read_folder_max_tokens(folder) or self._position_limit()
+        self.max_tokens = min(max_tokens or layout.max_tokens or self._position_limit(), self._position_limit())
         self.special_token_count = self.tokenizer.num_special_tokens_to_add()
+        dim = model.config.projection_dim if self.pooling == "projection" else model.config.hidden_size
         super().__init__(
             model_id=model_id,
-            revision=revision or _weights_fingerprint(folder),
-            dim=int(model.config.hidden_size),
+            revision=weights_revision(model, layout.model_folder, revision),
+            dim=int(dim),
             device=device,
         )
 
     def _position_limit(self) -> int:
-        """Return the longest input the position embeddings allow.
+        """Return the longest input, special tokens included, that the position embeddings allow.
 
-        RoBERTa-family configs list two more positions than usable tokens, because
-        their positions start after the padding index.
+        RoBERTa-family configs list two more positions than usable tokens (514 for 512),
+        because their positions start after the padding index.
         """
         config = self.model.config
         positions = int(getattr(config, "max_position_embeddings", 512))
-        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        if config.model_type in _OFFSET_POSITION_MODELS:
             positions -= int(config.pad_token_id) + 1
         return min(positions, int(self.tokenizer.model_max_length))
 
@@ -104,28 +191,63 @@ class HFTextEncoder(Encoder):
                 value=len(payload),
                 limit=self.max_chars,
             )
-        input_ids = self.tokenizer(payload, truncation=True, max_length=self.max_tokens)["input_ids"]
-        if len(input_ids) <= self.special_token_count:
+        windows = self.tokenizer(
+            payload,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_overflowing_tokens=self.long_text == "window",
+        )["input_ids"]
+        if self.long_text == "truncate":
+            windows = [windows]
+        if len(windows[0]) <= self.special_token_count:
             raise InvalidInput(
                 "text has no tokens left after the tokenizer's normalisation; send visible characters",
                 field="text",
                 value=payload[:40],
             )
-        token_count = len(input_ids)
-        if token_count >= self.max_tokens:
+        token_count = sum(len(window) - self.special_token_count for window in windows) + self.special_token_count
+        if self.long_text == "truncate" and token_count >= self.max_tokens:
             # Only a text that reached the limit can have been cut: count it in full.
             content = self.tokenizer(payload, add_special_tokens=False, verbose=False)["input_ids"]
             token_count = len(content) + self.special_token_count
-        info = {"tokens": token_count, "truncated": token_count > self.max_tokens, "max_tokens": self.max_tokens}
-        return Prepared(data=TokenizedText(input_ids), cost=len(input_ids), info=info)
+        kept = windows[: self.max_windows]
+        info = {
+            "tokens": token_count,
+            "truncated": token_count > self.max_tokens and (self.long_text == "truncate" or len(windows) > len(kept)),
+            "max_tokens": self.max_tokens,
+        }
+        if self.long_text == "window":
+            info["windows"] = len(kept)
+        weights = [len(window) - self.special_token_count for window in kept]
+        return Prepared(data=TokenizedText(kept, weights), cost=self._item_cost(kept), info=info)
 
-    @staticmethod
-    def batch_cost(costs: list[int]) -> int:
-        # Right padding makes every row as long as the longest one.
-        return max(costs) * len(costs)
+    def _item_cost(self, windows: list[list[int]]) -> int:
+        # A multi-window item is charged as full-width rows (padding included), so the
+        # batch cost below can recover its row count.
+        if len(windows) == 1:
+            return len(windows[0])
+        return len(windows) * self.max_tokens
+
+    def batch_cost(self, costs: list[int]) -> int:
+        """Return rows x width of the padded batch: right padding makes every row as long as the longest."""
+        rows = sum(max(1, -(-cost // self.max_tokens)) for cost in costs)
+        width = min(max(costs), self.max_tokens)
+        return rows * width
 
     def forward(self, batch: list[Prepared]) -> np.ndarray:
-        rows = [item.data.input_ids for item in batch]
+        items = [item.data for item in batch]
+        embedded = embed_with_fallback(
+            lambda indices: self._embed([items[i] for i in indices]),
+            len(items),
+            device=self.device,
+            dtype=self.autocast_dtype,
+            label=f"text encoder {self.model_id}",
+        )
+        return embedded.numpy()
+
+    def _embed(self, items: Sequence[TokenizedText]) -> torch.Tensor:
+        """Return one pooled row per item: the weighted mean of its unit-norm window embeddings."""
+        rows = [window for item in items for window in item.windows]
         width = max(len(row) for row in rows)
         pad_id = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -136,20 +258,38 @@ class HFTextEncoder(Encoder):
         input_ids = input_ids.to(self.device, non_blocking=True)
         attention_mask = attention_mask.to(self.device, non_blocking=True)
 
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "projection":
+            pooled = outputs.text_embeds
+        elif self.pooling == "cls":
+            pooled = outputs.last_hidden_state[:, 0]
         else:
+            hidden = outputs.last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-        return pooled.cpu().numpy()
+        if all(len(item.windows) == 1 for item in items):
+            return pooled.float()
+        return _average_windows(pooled.float(), items)
 
     def example_payload(self) -> str:
         return "A short sentence used to warm the text encoder up before the service is ready."
 
 
-def _weights_fingerprint(folder: Path) -> str:
-    """Return a short identifier of a local folder's weight files."""
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    return fingerprint_files(files) if files else "unknown"
+def _pick_pooling(requested: str | None, model_type: str, model_id: str) -> str:
+    pooling = requested or ("projection" if model_type in _CLIP_MODEL_TYPES else "mean")
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"text encoder {model_id}: pooling must be one of {POOLING_MODES}, got {pooling!r}")
+    if (pooling == "projection") != (model_type in _CLIP_MODEL_TYPES):
+        raise ValueError(f"text encoder {model_id}: pooling 'projection' is for CLIP models only, not {model_type}")
+    return pooling
+
+
+def _average_windows(pooled: torch.Tensor, items: Sequence[TokenizedText]) -> torch.Tensor:
+    rows = []
+    start = 0
+    for item in items:
+        windows = F.normalize(pooled[start : start + len(item.windows)], dim=-1)
+        weights = torch.tensor(item.weights, dtype=windows.dtype, device=windows.device).unsqueeze(-1)
+        rows.append((windows * weights).sum(dim=0) / weights.sum())
+        start += len(item.windows)
+    return torch.stack(rows)

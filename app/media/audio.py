@@ -7,6 +7,7 @@ MP3 data inside WAV), FLAC, OGG Vorbis and Opus, and MP3, among others.
 """
 
 import io
+import math
 
 import numpy as np
 import soundfile as sf
@@ -48,6 +49,13 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"fLaC", "a FLAC file that libsndfile cannot read"),
     (0, b"OggS", "an OGG file that libsndfile cannot read"),
     (0, b"ID3", "an MP3 file that libsndfile cannot read"),
+    (0, b"\xff\xfb", "an MP3 file that libsndfile cannot read"),
+    (0, b"\xff\xf3", "an MP3 file that libsndfile cannot read"),
+    (0, b"\xff\xf1", "an AAC (ADTS) stream, which this server cannot decode"),
+    (0, b"\xff\xf9", "an AAC (ADTS) stream, which this server cannot decode"),
+    (8, b"AIFF", "an AIFF file that libsndfile cannot read"),
+    (8, b"AIFC", "an AIFF file that libsndfile cannot read"),
+    (0, b"caff", "a CAF file that libsndfile cannot read"),
 )
 
 _TEXT_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -58,6 +66,24 @@ _TEXT_PREFIXES: tuple[tuple[str, str], ...] = (
     ("{", "a JSON document"),
     ("[", "a JSON document"),
 )
+
+
+class _ClampedBytesIO(io.BytesIO):
+    """In-memory file whose seeks before the start land on offset 0 instead of raising.
+
+    libsndfile 1.2.2 seeks to -1 on some malformed files (an AIFF without its SSND chunk).
+    soundfile's seek callback cannot pass the ValueError of io.BytesIO on, so cffi
+    prints it as an unraisable exception and returns 0. Clamping gives the same
+    position without the noise.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._size = len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.tell(), io.SEEK_END: self._size}[whence]
+        return super().seek(max(0, base + offset))
 
 
 def describe_bytes(data: bytes) -> str:
@@ -98,7 +124,7 @@ def decode_audio(data: bytes, *, target_rate: int, max_seconds: float, field: st
     if not data:
         raise InvalidInput(f"{field} is empty (0 bytes); send an audio file", field=field, value=0)
     try:
-        sound = sf.SoundFile(io.BytesIO(data))
+        sound = sf.SoundFile(_ClampedBytesIO(data))
     except sf.SoundFileError as exc:
         found = describe_bytes(data)
         reason = getattr(exc, "error_string", str(exc))
@@ -111,19 +137,28 @@ def decode_audio(data: bytes, *, target_rate: int, max_seconds: float, field: st
         ) from exc
 
     with sound:
-        _check_header(sound, max_seconds=max_seconds, field=field)
+        _check_header(sound, target_rate=target_rate, max_seconds=max_seconds, field=field)
         mono = _read_mono(sound, max_seconds=max_seconds, field=field)
         source_rate = sound.samplerate
-    return _resample(mono, source_rate, target_rate, field=field)
+    return _resample(mono, source_rate, target_rate)
 
 
-def _check_header(sound: sf.SoundFile, *, max_seconds: float, field: str) -> None:
+def _check_header(sound: sf.SoundFile, *, target_rate: int, max_seconds: float, field: str) -> None:
+    """Reject a clip from its header alone, before any sample is decoded."""
     if sound.samplerate > MAX_SAMPLE_RATE:
         raise InvalidInput(
             f"{field} has a sample rate of {sound.samplerate} Hz, above the limit of {MAX_SAMPLE_RATE} Hz",
             field=field,
             value=sound.samplerate,
             limit=MAX_SAMPLE_RATE,
+        )
+    gcd = math.gcd(sound.samplerate, target_rate)
+    if (sound.samplerate // gcd) * (target_rate // gcd) > MAX_RESAMPLE_RATIO_TERMS:
+        raise InvalidInput(
+            f"{field} has a sample rate of {sound.samplerate} Hz, which cannot be resampled to {target_rate} Hz "
+            "at a bounded cost; send a standard rate such as 8000, 16000, 22050, 44100 or 48000 Hz",
+            field=field,
+            value=sound.samplerate,
         )
     duration = sound.frames / sound.samplerate
     if duration > max_seconds:
@@ -141,8 +176,8 @@ def _check_header(sound: sf.SoundFile, *, max_seconds: float, field: str) -> Non
 
 def _read_mono(sound: sf.SoundFile, *, max_seconds: float, field: str) -> np.ndarray:
     """Read block by block, averaging the channels, so memory grows with one channel only."""
-    # A header may understate the length (MP3 frame counts are estimates), so the
-    # limit is enforced again on what is actually decoded.
+    # The header's frame count is only a first check, so the limit is enforced again
+    # on what is actually decoded.
     max_frames = int(max_seconds * sound.samplerate)
     blocksize = max(1, _BLOCK_SAMPLES // sound.channels)
     parts: list[np.ndarray] = []
@@ -186,17 +221,8 @@ def _check_finite(block: np.ndarray, *, offset: int, field: str) -> None:
     )
 
 
-def _resample(mono: np.ndarray, source_rate: int, target_rate: int, *, field: str) -> np.ndarray:
+def _resample(mono: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
     if source_rate == target_rate:
-        return np.ascontiguousarray(mono, dtype=np.float32)
-    gcd = np.gcd(source_rate, target_rate)
-    ratio_terms = (source_rate // gcd) * (target_rate // gcd)
-    if ratio_terms > MAX_RESAMPLE_RATIO_TERMS:
-        raise InvalidInput(
-            f"{field} has a sample rate of {source_rate} Hz, which cannot be resampled to {target_rate} Hz "
-            "at a bounded cost; send a standard rate such as 8000, 16000, 22050, 44100 or 48000 Hz",
-            field=field,
-            value=source_rate,
-        )
+        return mono
     waveform = torchaudio.functional.resample(torch.from_numpy(mono), source_rate, target_rate)
     return waveform.numpy()
