@@ -1,31 +1,18 @@
 """Graceful shutdown: on SIGTERM readiness turns 503 at once and queued requests still finish."""
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
 import httpx
 
-from app.settings import PROJECT_ROOT
+from tests.support.pipelines import write_text_pipeline
 from tests.support.server import run_server
-
-DEFAULT_CONFIG = PROJECT_ROOT / "models" / "default" / "pipeline.json"
-
-
-def write_text_pipeline(models_dir: Path) -> None:
-    """Write a pipeline with the default text encoder alone, which starts in seconds."""
-    config = json.loads(DEFAULT_CONFIG.read_text())
-    config["encoders"] = {"text": config["encoders"]["text"]}
-    (models_dir / "text").mkdir(parents=True)
-    (models_dir / "text" / "pipeline.json").write_text(json.dumps(config))
 
 
 def test_sigterm_drains_queued_requests(tmp_path: Path) -> None:
-    write_text_pipeline(tmp_path / "models")
     env = {
-        "MMS_MODELS_DIR": str(tmp_path / "models"),
-        "MMS_PIPELINES": '["text"]',
+        **write_text_pipeline(tmp_path / "models"),
         "MMS_SHUTDOWN_DRAIN_S": "1.5",
         "MMS_MAX_BATCH_SIZE": "4",
     }

@@ -41,9 +41,11 @@ class RunningServer:
 
 
 @contextmanager
-def run_server(env: Mapping[str, str], log_path: Path, wait_ready: bool = True) -> Iterator[RunningServer]:
+def run_server(
+    env: Mapping[str, str], log_path: Path, wait_ready: bool = True, port: int | None = None
+) -> Iterator[RunningServer]:
     """Run `uvicorn app.main:app` with extra MMS_* variables until the block ends."""
-    port = free_port()
+    port = port or free_port()
     # Tests stop servers often; the drain before shutdown only matters behind a balancer.
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "MMS_SHUTDOWN_DRAIN_S": "0", **env}
     with log_path.open("wb") as log:
