@@ -21,7 +21,7 @@ FileInput = str | os.PathLike[str] | bytes | None
 
 
 class RequestFailed(Exception):
-    """The service answered with an error; `problem` is its RFC 9457 body."""
+    """The service returned an error; `problem` is its RFC 9457 body."""
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         super().__init__(f"{status}: {problem.get('detail', problem)}")
@@ -124,7 +124,7 @@ def add_client_commands(subcommands: "argparse._SubParsersAction[argparse.Argume
         command.add_argument("--image", type=Path, help="image file")
         command.add_argument("--audio", type=Path, help="audio file")
         if name == "embed":
-            command.add_argument("--full", action="store_true", help="print the whole JSON answer, vector included")
+            command.add_argument("--full", action="store_true", help="print the whole JSON response, vector included")
         else:
             command.add_argument("--top-k", type=int, default=None, help="how many labels to print")
         command.set_defaults(handler=_run_client_command, command_name=name)

@@ -17,14 +17,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMS_", frozen=True)
 
     # Pipelines
-    models_dir: Path = Field(PROJECT_ROOT / "models", description="Folder holding one subfolder per pipeline.")
+    models_dir: Path = Field(PROJECT_ROOT / "models", description="Folder with one subfolder per pipeline.")
     pipelines: list[str] = Field(["default"], description="Pipelines to load at start-up, as a JSON list.")
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:N]'.")
     torch_threads: int = Field(0, ge=0, description="Threads for torch on the CPU; 0 picks the core count.")
     preprocess_threads: int = Field(2, ge=1, description="Threads decoding, tokenizing and computing features.")
 
     # Micro-batching
-    max_batch_size: int = Field(32, ge=1, description="Most items (rows) in one forward pass.")
+    max_batch_size: int = Field(32, ge=1, description="Maximum items (rows) in one forward pass.")
     max_wait_ms: float = Field(0.0, ge=0, description="Extra wait for companions when the device is idle.")
     max_queue_items: int = Field(1024, ge=1, description="Items queued per encoder before 429.")
     max_batch_tokens: int = Field(16384, ge=1, description="Text batch budget in tokens, padding included.")
@@ -38,10 +38,10 @@ class Settings(BaseSettings):
     # Input limits
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest request body.")
     max_part_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest multipart file part.")
-    max_text_chars: int = Field(20_000, ge=1, description="Longest text, in Unicode code points.")
+    max_text_chars: int = Field(20_000, ge=1, description="Maximum text length, in Unicode code points.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image, width x height, read from the header.")
     min_image_side: int = Field(1, ge=1, description="Smallest accepted image width or height.")
-    max_audio_s: float = Field(60.0, gt=0, description="Longest audio clip, read from the header.")
+    max_audio_s: float = Field(60.0, gt=0, description="Maximum audio duration, read from the header.")
 
     # Security
     api_keys: list[str] = Field([], description="Accepted Bearer keys, as a JSON list; empty turns auth off.")

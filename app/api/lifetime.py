@@ -19,7 +19,7 @@ TIMEOUT_HEADER = "x-request-timeout"
 
 
 def request_timeout(request: Request, default_s: float) -> float:
-    """Return the request's deadline in seconds: the setting, or shorter if the header asks."""
+    """Return the request's deadline in seconds: the setting, or the shorter value that the header requests."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return default_s
