@@ -87,7 +87,7 @@ class Engine:
             pipeline = load_pipeline(name, self.settings, self.device, ENCODER_BUILDERS)
             for modality, encoder in pipeline.encoders.items():
                 logger.info("warming up %s/%s", name, modality)
-                self._worker.run_blocking(encoder.warmup)
+                self._worker.run_blocking(encoder.warmup, (1, self.settings.max_batch_size))
             self.pipelines[name] = pipeline
 
     def _create_batchers(self) -> dict[tuple[str, str], Batcher]:
