@@ -10,8 +10,10 @@ import json
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -93,14 +95,23 @@ class LoadGenerator:
             self.failures.append(message)
 
 
-def test_rolling_stops_lose_no_request(tmp_path: Path) -> None:
+@pytest.fixture
+def nginx_prefix() -> Iterator[Path]:
+    """A prefix folder that nginx's workers, running as nobody, can write request bodies to."""
+    folder = Path(tempfile.mkdtemp(prefix="mms-nginx-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_rolling_stops_lose_no_request(tmp_path: Path, nginx_prefix: Path) -> None:
     env = {**write_text_pipeline(tmp_path / "models"), "MMS_SHUTDOWN_DRAIN_S": "2"}
     ports = [free_port(), free_port()]
     listen_port = free_port()
     with ExitStack() as stack:
         first = stack.enter_context(run_server(env, tmp_path / "replica-a.log", port=ports[0]))
         stack.enter_context(run_server(env, tmp_path / "replica-b.log", port=ports[1]))
-        nginx = start_nginx(tmp_path, listen_port, ports)
+        nginx = start_nginx(nginx_prefix, listen_port, ports)
         stack.callback(nginx.wait, 10)
         stack.callback(nginx.terminate)
 
@@ -129,7 +140,7 @@ def test_rolling_stops_lose_no_request(tmp_path: Path) -> None:
         )
 
     total = sum(load.outcomes.values())
-    access_log = [json.loads(line) for line in (tmp_path / "nginx.log").read_text().splitlines() if line.startswith("{")]
+    access_log = [json.loads(line) for line in (nginx_prefix / "nginx.log").read_text().splitlines() if line.startswith("{")]
     retried = [entry for entry in access_log if "," in entry["upstream_addr"]]
     figures = {
         "seconds": round(elapsed, 1),
