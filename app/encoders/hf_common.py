@@ -1,4 +1,4 @@
-"""What the transformers-based encoders share: loading, offline checks, dtypes and finite outputs."""
+"""Loading, offline checks, dtypes and finite outputs, shared by the transformers-based encoders."""
 
 import contextlib
 import logging
@@ -102,16 +102,20 @@ def check_missing_weights(loading_info: dict[str, Any], *, model_id: str) -> Non
         raise ValueError(f"model '{model_id}': weights of the wrong shape for {mismatched[:8]}")
 
 
-def weights_revision(model: torch.nn.Module, source: str, revision: str | None) -> str:
-    """Return the hub commit the weights came from, else the requested revision, else a file hash."""
-    commit = getattr(model.config, "_commit_hash", None)
-    if commit:
-        return str(commit)
-    if revision:
-        return revision
+def weights_revision(source: str, revision: str | None) -> str:
+    """Return a hash of a local folder's weight files, else the hub commit that the cache holds.
+
+    The hub cache keeps each commit in `snapshots/<commit hash>/`, so the folder that
+    contains the cached config.json is named after the commit.
+    """
     folder = Path(source)
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    return fingerprint_files(files) if files else "unknown"
+    if folder.is_dir():
+        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+        return fingerprint_files(files) if files else "unknown"
+    cached = huggingface_hub.try_to_load_from_cache(source, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return Path(cached).parent.name
+    return revision or "unknown"
 
 
 def autocast_dtype(dtype: str | torch.dtype, device: torch.device, *, label: str) -> torch.dtype | None:
@@ -124,6 +128,8 @@ def autocast_dtype(dtype: str | torch.dtype, device: torch.device, *, label: str
         raise ValueError(f"{label}: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if resolved == torch.float32:
         return None
+    # NOTE: the CUDA path is not exercised by the CPU test suite; only the float32
+    # fallback after a non-finite output is tested there.
     if device.type != "cuda":
         logger.info("%s: dtype %s applies only on CUDA; running in float32 on %s", label, resolved, device)
         return None

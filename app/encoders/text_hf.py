@@ -7,6 +7,7 @@ tower (the projected text embedding, in the same space as CLIP's image embedding
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    CLIPTextModelWithProjection,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from app.encoders.base import Encoder, Prepared
 from app.encoders.hf_common import (
@@ -56,7 +64,7 @@ class TokenizedText:
 
 @dataclass(frozen=True, slots=True)
 class FolderLayout:
-    """Where the transformer lives inside a folder, and what a sentence-transformers folder declares."""
+    """Location of the transformer inside a folder, and the settings a sentence-transformers folder declares."""
 
     model_folder: str
     pooling: str | None = None
@@ -104,14 +112,15 @@ def read_folder_layout(folder: Path) -> FolderLayout:
 class HFTextEncoder(Encoder):
     """A transformers text encoder with CLS, attention-masked mean or CLIP projection pooling.
 
-    Text longer than the model's limit is truncated, and the item's info says so with the
-    full token count. With long_text="window" it is instead split into windows of at
+    Text longer than the model's limit is truncated, and the item's info reports the cut with
+    the full token count. With long_text="window" it is instead split into windows of at
     most max_tokens (special tokens included), up to max_windows, whose embeddings are
     averaged, weighted by their content tokens.
     """
 
     modality = "text"
     cost_unit = "tokens"
+    pads_to_longest = True
 
     def __init__(
         self,
@@ -130,27 +139,7 @@ class HFTextEncoder(Encoder):
     ) -> None:
         layout = read_folder_layout(Path(source)) if Path(source).is_dir() else FolderLayout(model_folder=source)
         offline = offline_mode() if local_files_only is None else local_files_only
-        check_weights_present(layout.model_folder, model_id=model_id, revision=revision, local_files_only=offline)
-        self.tokenizer = load_pretrained(
-            lambda: AutoTokenizer.from_pretrained(layout.model_folder, revision=revision, local_files_only=offline),
-            layout.model_folder,
-            model_id=model_id,
-        )
-        config = load_pretrained(
-            lambda: AutoConfig.from_pretrained(layout.model_folder, revision=revision, local_files_only=offline),
-            layout.model_folder,
-            model_id=model_id,
-        )
-        self.pooling = _pick_pooling(pooling or layout.pooling, config.model_type, model_id)
-        model_class = CLIPTextModelWithProjection if self.pooling == "projection" else AutoModel
-        model, loading_info = load_pretrained(
-            lambda: model_class.from_pretrained(
-                layout.model_folder, revision=revision, local_files_only=offline, output_loading_info=True
-            ),
-            layout.model_folder,
-            model_id=model_id,
-        )
-        check_missing_weights(loading_info, model_id=model_id)
+        self.tokenizer, model, self.pooling = _load(layout, pooling, model_id=model_id, revision=revision, offline=offline)
         self.model = model.eval().to(device)
         self.autocast_dtype = autocast_dtype(dtype, device, label=f"text encoder {model_id}")
 
@@ -163,10 +152,13 @@ class HFTextEncoder(Encoder):
         self.max_chars = max_chars
         self.max_tokens = min(max_tokens or layout.max_tokens or self._position_limit(), self._position_limit())
         self.special_token_count = self.tokenizer.num_special_tokens_to_add()
+        # A fast tokenizer stores truncation settings in its shared Rust object and changes
+        # them per call, so concurrent calls with different settings could skip truncation.
+        self._tokenizer_lock = threading.Lock()
         dim = model.config.projection_dim if self.pooling == "projection" else model.config.hidden_size
         super().__init__(
             model_id=model_id,
-            revision=weights_revision(model, layout.model_folder, revision),
+            revision=weights_revision(layout.model_folder, revision),
             dim=int(dim),
             device=device,
         )
@@ -191,25 +183,14 @@ class HFTextEncoder(Encoder):
                 value=len(payload),
                 limit=self.max_chars,
             )
-        windows = self.tokenizer(
-            payload,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_overflowing_tokens=self.long_text == "window",
-        )["input_ids"]
-        if self.long_text == "truncate":
-            windows = [windows]
+        _check_encodable(payload)
+        windows, token_count = self._tokenize(payload)
         if len(windows[0]) <= self.special_token_count:
             raise InvalidInput(
                 "text has no tokens left after the tokenizer's normalisation; send visible characters",
                 field="text",
                 value=payload[:40],
             )
-        token_count = sum(len(window) - self.special_token_count for window in windows) + self.special_token_count
-        if self.long_text == "truncate" and token_count >= self.max_tokens:
-            # Only a text that reached the limit can have been cut: count it in full.
-            content = self.tokenizer(payload, add_special_tokens=False, verbose=False)["input_ids"]
-            token_count = len(content) + self.special_token_count
         kept = windows[: self.max_windows]
         info = {
             "tokens": token_count,
@@ -220,6 +201,24 @@ class HFTextEncoder(Encoder):
             info["windows"] = len(kept)
         weights = [len(window) - self.special_token_count for window in kept]
         return Prepared(data=TokenizedText(kept, weights), cost=self._item_cost(kept), info=info)
+
+    def _tokenize(self, payload: str) -> tuple[list[list[int]], int]:
+        """Return the token ids of each window and the token count of the whole text."""
+        with self._tokenizer_lock:
+            windows = self.tokenizer(
+                payload,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_overflowing_tokens=self.long_text == "window",
+            )["input_ids"]
+            if self.long_text == "truncate":
+                windows = [windows]
+            token_count = sum(len(window) - self.special_token_count for window in windows) + self.special_token_count
+            if self.long_text == "truncate" and token_count >= self.max_tokens:
+                # Only a text that reached the limit can have been cut: count it in full.
+                content = self.tokenizer(payload, add_special_tokens=False, verbose=False)["input_ids"]
+                token_count = len(content) + self.special_token_count
+        return windows, token_count
 
     def _item_cost(self, windows: list[list[int]]) -> int:
         # A multi-window item is charged as full-width rows (padding included), so the
@@ -273,6 +272,38 @@ class HFTextEncoder(Encoder):
 
     def example_payload(self) -> str:
         return "A short sentence used to warm the text encoder up before the service is ready."
+
+
+def _check_encodable(payload: str) -> None:
+    """Reject unpaired UTF-16 surrogates, which the Rust tokenizers raise TypeError on."""
+    try:
+        payload.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code_point = f"U+{ord(payload[exc.start]):04X}"
+        raise InvalidInput(
+            f"text has an unpaired surrogate {code_point} at index {exc.start}, which is not valid Unicode text; "
+            "send UTF-8 text",
+            field="text",
+            value=code_point,
+        ) from exc
+
+
+def _load(
+    layout: FolderLayout, pooling: str | None, *, model_id: str, revision: str | None, offline: bool
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, str]:
+    """Load the tokenizer and the model of `layout`, and return them with the pooling to use."""
+    folder = layout.model_folder
+    options = {"revision": revision, "local_files_only": offline}
+    check_weights_present(folder, model_id=model_id, revision=revision, local_files_only=offline)
+    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(folder, **options), folder, model_id=model_id)
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(folder, **options), folder, model_id=model_id)
+    chosen = _pick_pooling(pooling or layout.pooling, config.model_type, model_id)
+    model_class = CLIPTextModelWithProjection if chosen == "projection" else AutoModel
+    model, loading_info = load_pretrained(
+        lambda: model_class.from_pretrained(folder, output_loading_info=True, **options), folder, model_id=model_id
+    )
+    check_missing_weights(loading_info, model_id=model_id)
+    return tokenizer, model, chosen
 
 
 def _pick_pooling(requested: str | None, model_type: str, model_id: str) -> str:

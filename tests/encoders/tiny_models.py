@@ -8,7 +8,11 @@ library. Weights are random (seeded), so tests compare the service with plain
 transformers, never with meaningful embeddings.
 """
 
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,12 +147,13 @@ def build_bert(folder: Path) -> Path:
 
 def build_sentence_transformers(folder: Path) -> Path:
     """A sentence-transformers folder (BERT, CLS pooling, Normalize) written by sentence-transformers itself."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     bert = build_bert(folder.parent / f"{folder.name}-bert")
-    transformer = models.Transformer(str(bert), max_seq_length=64)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="cls")
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()]).save(str(folder))
+    transformer = Transformer(str(bert), max_seq_length=64)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
+    SentenceTransformer(modules=[transformer, pooling, Normalize()]).save(str(folder))
     return folder
 
 
@@ -329,6 +334,14 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
 }
 
 
-def build_all(root: Path) -> dict[str, Path]:
-    """Build every family under `root` and return each one's folder (or weight file, for timm)."""
-    return {name: builder(root / name) for name, builder in BUILDERS.items()}
+@functools.cache
+def _root() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="tiny-models-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+@functools.cache
+def tiny_model(name: str) -> Path:
+    """Build family `name` once per test session, in a temporary folder removed at exit."""
+    return BUILDERS[name](_root() / name)
