@@ -10,14 +10,15 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.encoders.base import Encoder
 from app.fusion.concat import WeightedConcat
-from app.fusion.heads import LinearHead, load_head
+from app.fusion.heads import Head, load_head
+from app.fusion.trained import TrainedFusion, TrainedHead
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,23 @@ class EncoderSpec(BaseModel):
 
 
 class FusionSpec(BaseModel):
+    """Which fused vector /v1/embed returns.
+
+    "weighted-concat": the concatenation of the weighted unit vectors, with `weights` as
+    the default modality weights. "trained": the fused vector of the trained fusion in
+    head/ (written by `mms train`), scaled to unit norm; its weighting is learned, so
+    `weights` must stay empty. /v1/classify always runs the head, whatever this says.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: str = "weighted-concat"
+    type: Literal["weighted-concat", "trained"] = "weighted-concat"
     weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _weights_only_for_concat(self) -> "FusionSpec":
+        if self.type == "trained" and self.weights:
+            raise ValueError("fusion 'trained' learns its modality weights; remove 'weights'")
+        return self
 
 
 class PipelineConfig(BaseModel):
@@ -68,15 +83,15 @@ class Pipeline:
     folder: Path
     description: str
     encoders: dict[str, Encoder]
-    fusion: WeightedConcat
-    head: LinearHead | None
+    fusion: WeightedConcat | TrainedFusion
+    head: Head | None
 
     def space(self, weights: Mapping[str, float]) -> str:
         """Return an identifier that is equal for two vectors exactly when they are comparable."""
         identity = {
             "pipeline": self.name,
             "encoders": {m: [e.model_id, e.revision] for m, e in self.encoders.items()},
-            "fusion": self.fusion.kind,
+            "fusion": self.fusion.identity,
             "weights": {m: round(float(w), 6) for m, w in sorted(weights.items())},
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -108,6 +123,21 @@ def load_pipeline(
         logger.info("loading %s encoder %s for pipeline %s", modality, spec.model, name)
         encoders[modality] = builders[spec.type](spec, context)
 
-    fusion = WeightedConcat({m: e.dim for m, e in encoders.items()}, config.fusion.weights)
-    head = load_head(folder, fusion.dim)
+    fusion, head = build_fusion_and_head(name, folder, config.fusion, encoders)
     return Pipeline(name, folder, config.description, encoders, fusion, head)
+
+
+def build_fusion_and_head(
+    name: str, folder: Path, spec: FusionSpec, encoders: Mapping[str, Encoder]
+) -> tuple[WeightedConcat | TrainedFusion, Head | None]:
+    """Build the fusion that /v1/embed returns and the head that /v1/classify runs."""
+    dims = {m: e.dim for m, e in encoders.items()}
+    head = load_head(folder, dims, {m: e.revision for m, e in encoders.items()})
+    if spec.type == "weighted-concat":
+        return WeightedConcat(dims, spec.weights), head
+    if not isinstance(head, TrainedHead):
+        raise ValueError(
+            f"pipeline '{name}' asks for fusion 'trained' but {folder / 'head'} contains no trained head "
+            "(config.json, head.safetensors, labels.json); train one with `mms train`"
+        )
+    return TrainedFusion(head), head

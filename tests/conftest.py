@@ -5,6 +5,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.settings import PROJECT_ROOT
+from tests.support.pipelines import write_text_pipeline
 from tests.support.server import RunningServer, run_server
 
 pytest_plugins = [
@@ -15,9 +17,16 @@ pytest_plugins = [
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """The service with the default pipeline, on a real uvicorn server on 127.0.0.1."""
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with run_server({}, log_path) as running:
+    """The service on a real uvicorn server on 127.0.0.1.
+
+    It serves the default pipeline and `text`, the default text encoder alone with no
+    head, for the cases that need a pipeline without a head or without some modality.
+    """
+    folder = tmp_path_factory.mktemp("server")
+    env = write_text_pipeline(folder / "models")
+    (folder / "models" / "default").symlink_to(PROJECT_ROOT / "models" / "default")
+    env["MMS_PIPELINES"] = '["default", "text"]'
+    with run_server(env, folder / "server.log") as running:
         yield running
 
 

@@ -99,8 +99,15 @@ async def classify(request: Request) -> ClassifyResponse:
             field="pipeline",
             value=pipeline.name,
         )
+    if form.weights and not pipeline.head.accepts_request_weights:
+        raise InvalidInput(
+            f"weights cannot be set for pipeline '{pipeline.name}': its head fuses the modalities with "
+            "its own trained fusion, which learned their weighting; remove the weights field",
+            field="weights",
+            value=form.weights,
+        )
     result = await _embed(request, engine, form)
-    probabilities = pipeline.head.probabilities(result.vector)
+    probabilities = pipeline.head.probabilities(result.vector, result.per_modality)
     top_k = min(form.top_k or len(pipeline.head.labels), len(pipeline.head.labels))
     order = probabilities.argsort()[::-1][:top_k]
     return ClassifyResponse(

@@ -22,6 +22,11 @@ class WeightedConcat:
         self.default_weights = {m: float(weights.get(m, 1.0)) for m in self.modalities}
         self.dim = sum(self.dims.values())
 
+    @property
+    def identity(self) -> str:
+        """The fusion's part of a pipeline's `space`: the kind alone, since nothing here is trained."""
+        return self.kind
+
     def resolve_weights(self, overrides: Mapping[str, float] | None, present: list[str]) -> dict[str, float]:
         """Merge request overrides into the defaults and renormalise over `present`."""
         weights = dict(self.default_weights)

@@ -1,11 +1,18 @@
-"""Classification heads read from a pipeline folder: weights in safetensors, labels in JSON."""
+"""Classification heads read from a pipeline folder: weights in safetensors, labels in JSON.
+
+A head/ folder with a config.json is a trained fusion head (app.fusion.trained); one
+without is a linear head on the pipeline's weighted-concatenation vector.
+"""
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
+
+from app.fusion.trained import CONFIG_FILE, TrainedHead
 
 HEAD_FOLDER = "head"
 
@@ -17,6 +24,8 @@ class LinearHead:
     weight: np.ndarray
     bias: np.ndarray
     labels: list[str]
+    accepts_request_weights = True
+    """It reads the weighted-concatenation vector, which a request's `weights` changes."""
 
     @classmethod
     def load(cls, folder: Path, input_dim: int) -> "LinearHead":
@@ -33,16 +42,25 @@ class LinearHead:
             )
         return cls(weight=weight, bias=bias, labels=list(labels))
 
-    def probabilities(self, fused: np.ndarray) -> np.ndarray:
+    def probabilities(self, fused: np.ndarray, per_modality: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Return class probabilities of one sample's fused vector; `per_modality` is unused."""
         logits = self.weight @ fused + self.bias
         logits = logits - logits.max()
         exp = np.exp(logits)
         return exp / exp.sum()
 
 
-def load_head(pipeline_dir: Path, input_dim: int) -> LinearHead | None:
-    """Return the pipeline's head, or None when the folder has no head/ subfolder."""
+Head = LinearHead | TrainedHead
+
+
+def load_head(pipeline_dir: Path, dims: Mapping[str, int], revisions: Mapping[str, str]) -> Head | None:
+    """Return the pipeline's head, or None when the folder has no head/ subfolder.
+
+    `dims` and `revisions` describe the pipeline's encoders, by modality, in fusion order.
+    """
     folder = pipeline_dir / HEAD_FOLDER
     if not folder.is_dir():
         return None
-    return LinearHead.load(folder, input_dim)
+    if (folder / CONFIG_FILE).is_file():
+        return TrainedHead.load(folder, dims, revisions)
+    return LinearHead.load(folder, sum(dims.values()))

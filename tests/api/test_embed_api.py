@@ -89,6 +89,13 @@ def test_embed_bad_weights_are_422(client: httpx.Client, weights: str, needle: s
     assert_problem(response, 422, "weights", needle)
 
 
+def test_embed_modality_missing_from_pipeline(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/embed", files={"text": (None, "hi"), "image": ("a.png", b"\x89PNG", "image/png"), "pipeline": (None, "text")}
+    )
+    assert_problem(response, 422, "image", "no image encoder")
+
+
 def test_embed_not_multipart_is_415(client: httpx.Client) -> None:
     response = client.post("/v1/embed", json={"text": "hi"})
     assert_problem(response, 415, "content-type", "multipart/form-data")
@@ -107,7 +114,7 @@ def test_request_id_is_echoed(client: httpx.Client) -> None:
 
 
 def test_classify_without_head_explains(client: httpx.Client) -> None:
-    response = client.post("/v1/classify", files={"text": (None, "hi")})
+    response = client.post("/v1/classify", files={"text": (None, "hi"), "pipeline": (None, "text")})
     assert_problem(response, 422, "pipeline", "no classification head", "labels.json")
 
 
@@ -118,14 +125,14 @@ def test_models_lists_default_pipeline(client: httpx.Client) -> None:
     assert default["dimension"] == FUSED_DIM
     dims = {e["modality"]: e["dimension"] for e in default["encoders"]}
     assert dims == {"text": 384, "image": 1280, "audio": 256}
-    assert default["labels"] is None
+    assert default["labels"] == ["face-disliked", "face-liked", "other-disliked", "other-liked"]
 
 
 def test_readyz_and_healthz(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "alive"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["pipelines"] == ["default"]
+    assert ready.json()["pipelines"] == ["default", "text"]
 
 
 def test_docs_assets_are_served_locally(client: httpx.Client) -> None:
