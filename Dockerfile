@@ -84,8 +84,13 @@ WORKDIR /app
 # uvicorn reads UVICORN_* variables as its command-line options. The graceful
 # shutdown matches the default request deadline (MMS_REQUEST_TIMEOUT_S=30), so
 # requests in flight finish after SIGTERM. The hub variables keep transformers
-# from reaching a model hub: every weight is installed in the image.
-ENV MMS_MODELS_DIR=/app/models \
+# from reaching a model hub: every weight is installed in the image. With glibc's
+# default mmap threshold, freed decode buffers of large images stay in the heap and
+# the resident size grows by about 440 MiB over the first few thousand image
+# requests; a fixed 1 MiB threshold returns them to the system (measured by the
+# soak test on 2 CPU cores).
+ENV MALLOC_MMAP_THRESHOLD_=1048576 \
+    MMS_MODELS_DIR=/app/models \
     UVICORN_HOST=0.0.0.0 \
     UVICORN_PORT=8000 \
     UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=30 \

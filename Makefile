@@ -10,8 +10,9 @@ setup:
 setup-test:
 	bash scripts/setup.sh --test
 
+# The mmap threshold keeps freed image buffers from growing the heap (see Dockerfile).
 serve: setup
-	.venv/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	MALLOC_MMAP_THRESHOLD_=1048576 .venv/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
 
 test: setup-test
 	.venv/bin/python -m pytest

@@ -12,8 +12,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.api.auth import ApiKeyMiddleware
 from app.api.docs import install_docs
 from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.api.openai import router as openai_router
 from app.api.problems import install_problem_handlers
 from app.api.routes import router
 from app.engine.engine import Engine
@@ -30,7 +32,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = Engine(settings)
     app.state.engine = engine
     _drain_on_sigterm(engine, settings.shutdown_drain_s)
-    # Loading runs in the background so /healthz answers while the encoders load.
+    # Loading runs in the background so /healthz responds while the encoders load.
     loading = asyncio.create_task(engine.start(), name="load-pipelines")
     try:
         yield
@@ -45,7 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _drain_on_sigterm(engine: Engine, drain_s: float) -> None:
     """Turn /readyz to 503 as soon as SIGTERM arrives, and keep serving for `drain_s`.
 
-    During the drain the service still accepts and answers requests, so that load
+    During the drain the service still accepts and serves requests, so that load
     balancers polling /readyz take it out of rotation before its socket closes. Then
     uvicorn's own shutdown runs: it stops accepting connections and waits for the
     requests in flight (queued ones included), up to --timeout-graceful-shutdown.
@@ -85,6 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_docs(app)
     app.include_router(router)
+    app.include_router(openai_router)
+    # Added first, so it runs inside CORS: a 401 carries CORS headers and preflights need no key.
+    app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]

@@ -6,21 +6,25 @@ error, and a browser's empty file part (empty filename, no bytes) means "absent"
 """
 
 import json
+import math
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from starlette.datastructures import FormData, UploadFile
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.engine.engine import Sample
-from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from app.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMedia
 from app.settings import Settings
 
 FILE_FIELDS = ("image", "audio")
 TEXT_FIELD = "text"
 OPTION_FIELDS = ("pipeline", "weights", "return_modalities", "top_k")
 KNOWN_FIELDS = (TEXT_FIELD, *FILE_FIELDS, *OPTION_FIELDS)
-MAX_FIELDS = len(KNOWN_FIELDS) + 8
 
 
 @dataclass(slots=True)
@@ -32,6 +36,11 @@ class FormRequest:
     top_k: int | None
 
 
+def max_field_part_bytes(settings: Settings) -> int:
+    """Return the size limit of a non-file part, which contains at most the text (4 UTF-8 bytes a character)."""
+    return max(4 * settings.max_text_chars, 64 * 1024)
+
+
 async def read_form(request: Request, settings: Settings) -> FormRequest:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -40,24 +49,137 @@ async def read_form(request: Request, settings: Settings) -> FormRequest:
             field="content-type",
             value=content_type,
         )
-    form = await request.form(
-        max_files=len(FILE_FIELDS) + 8,
-        max_fields=MAX_FIELDS,
-        # A non-file part holds at most the text; UTF-8 needs up to 4 bytes a character.
-        max_part_size=max(4 * settings.max_text_chars, 64 * 1024),
-    )
+    _, params = parse_options_header(content_type)
+    if not params.get(b"boundary"):
+        raise MalformedRequest(
+            "Content-Type multipart/form-data has no boundary parameter, or an empty one; "
+            "let the HTTP client build the multipart body and its header",
+            field="content-type",
+            value=content_type,
+        )
+    form = await _parse_multipart(request, settings)
     try:
         return await _build(form, settings)
     finally:
         await form.close()
 
 
+async def _parse_multipart(request: Request, settings: Settings) -> FormData:
+    async with aclosing(request.stream()) as stream:
+        parser = LimitedMultiPartParser(request.headers, stream, settings)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            raise MalformedRequest(
+                f"invalid multipart body: {exc.message}{cause}; check that the boundary in Content-Type "
+                "matches the one in the body",
+                field="body",
+            ) from exc
+    if not parser.complete:
+        await form.close()
+        raise MalformedRequest(
+            "invalid multipart body: it ends before the closing boundary line (--BOUNDARY--), "
+            "so the body is empty or was cut off",
+            field="body",
+        )
+    return form
+
+
+class LimitedMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser with the service's limits, each raised as a 413 naming the part.
+
+    Starlette's own caps raise a bare 400 that names neither the part nor the setting.
+    Parts named image or audio are always read as files, with or without a filename,
+    so their bytes are never decoded as text.
+
+    NOTE: this reads `_current_part` and `_charset`, attributes of Starlette 1.10's
+    MultiPartParser, because the parser offers no other way to learn which part it is
+    reading and in which charset.
+    """
+
+    def __init__(self, headers: Headers, stream: AsyncGenerator[bytes, None], settings: Settings) -> None:
+        self.max_field_bytes = max_field_part_bytes(settings)
+        self.max_file_bytes = settings.max_part_bytes
+        self.max_parts = settings.max_form_parts
+        # The part counts are checked here, so Starlette's own count caps are lifted.
+        super().__init__(
+            headers, stream, max_files=math.inf, max_fields=math.inf, max_part_size=self.max_field_bytes
+        )
+        self.part_counts = {"file": 0, "non-file": 0}
+        self.part_bytes = 0
+        self.complete = False
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self.part_bytes = 0
+
+    def on_headers_finished(self) -> None:
+        part = self._current_part
+        disposition = part.content_disposition or b""
+        _, options = parse_options_header(disposition)
+        if options.get(b"name", b"").decode("latin-1") in FILE_FIELDS and b"filename" not in options:
+            part.content_disposition = disposition + b'; filename=""'
+        super().on_headers_finished()
+
+        kind = "non-file" if part.file is None else "file"
+        self.part_counts[kind] += 1
+        if self.part_counts[kind] > self.max_parts:
+            raise PayloadTooLarge(
+                f"multipart body has at least {self.part_counts[kind]} {kind} parts, above the limit of "
+                f"{self.max_parts} (MMS_MAX_FORM_PARTS)",
+                field="body",
+                value=self.part_counts[kind],
+                limit=self.max_parts,
+            )
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.part_bytes += end - start
+        part = self._current_part
+        if part.file is None and self.part_bytes > self.max_field_bytes:
+            raise PayloadTooLarge(
+                f"form field '{part.field_name}' has at least {self.part_bytes} bytes, above the limit of "
+                f"{self.max_field_bytes} bytes for a non-file part (4 bytes per character of MMS_MAX_TEXT_CHARS)",
+                field=part.field_name,
+                value=self.part_bytes,
+                limit=self.max_field_bytes,
+            )
+        if part.file is not None and self.part_bytes > self.max_file_bytes:
+            raise PayloadTooLarge(
+                f"{part.field_name} part has at least {self.part_bytes} bytes, above the limit of "
+                f"{self.max_file_bytes} bytes (MMS_MAX_PART_BYTES)",
+                field=part.field_name,
+                value=self.part_bytes,
+                limit=self.max_file_bytes,
+            )
+        super().on_part_data(data, start, end)
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            # Starlette falls back to Latin-1 for undecodable bytes, which would embed mojibake.
+            try:
+                bytes(part.data).decode(self._charset)
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"form field '{part.field_name}' is not valid {self._charset} text "
+                    f"(invalid byte 0x{part.data[exc.start]:02x} at offset {exc.start})",
+                    field=part.field_name,
+                    value=exc.start,
+                ) from exc
+        super().on_part_end()
+
+    def on_end(self) -> None:
+        super().on_end()
+        self.complete = True
+
+
 async def _build(form: FormData, settings: Settings) -> FormRequest:
     fields = _single_values(form)
     sample = Sample(
         text=await _read_text(fields.get(TEXT_FIELD)),
-        image=await _read_file(fields.get("image"), "image", settings.max_part_bytes),
-        audio=await _read_file(fields.get("audio"), "audio", settings.max_part_bytes),
+        image=await _read_file(fields.get("image"), "image"),
+        audio=await _read_file(fields.get("audio"), "audio"),
     )
     return FormRequest(
         sample=sample,
@@ -91,25 +213,10 @@ def _is_blank_file(upload: UploadFile) -> bool:
     return not upload.filename and (upload.size or 0) == 0
 
 
-async def _read_file(value: Any, field: str, max_bytes: int) -> bytes | None:
-    if value is None:
+async def _read_file(value: Any, field: str) -> bytes | None:
+    # LimitedMultiPartParser reads every image and audio part as a file, within its size limit.
+    if value is None or _is_blank_file(value):
         return None
-    if isinstance(value, str):
-        if value == "":
-            return None
-        raise InvalidInput(
-            f"field '{field}' must be a file part (curl -F {field}=@FILE), not a plain text value",
-            field=field,
-        )
-    if _is_blank_file(value):
-        return None
-    if value.size is not None and value.size > max_bytes:
-        raise PayloadTooLarge(
-            f"{field} part is {value.size} bytes, above the limit of {max_bytes} bytes",
-            field=field,
-            value=value.size,
-            limit=max_bytes,
-        )
     data = await value.read()
     if not data:
         raise InvalidInput(f"{field} file '{value.filename}' is empty (0 bytes)", field=field, value=0)

@@ -49,7 +49,10 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done and watcher.exception() is not None:
+            # A failed receive() cannot report a disconnect, so only the work is awaited.
+            await asyncio.wait({task})
     finally:
         watcher.cancel()
     if not task.done():

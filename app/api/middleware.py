@@ -49,7 +49,13 @@ def _route_template(scope: Scope) -> str:
 
 
 class BodySizeLimitMiddleware:
-    """Reject bodies above `max_bytes`: from Content-Length at once, else while streaming."""
+    """Reject bodies above `max_bytes`: from Content-Length at once, else while streaming.
+
+    A streamed body (chunked, or with a false Content-Length) is counted as it is
+    received. Past the limit, `receive` raises PayloadTooLarge, and the 413 replaces
+    whatever response the app sends after that, because FastAPI turns an error raised
+    while it reads a JSON body into its own 400.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -65,17 +71,39 @@ class BodySizeLimitMiddleware:
             return
 
         received = 0
+        exceeded: PayloadTooLarge | None = None
+        response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise self._error(received, at_least=True)
+                    exceeded = self._error(received, at_least=True)
+                    raise exceeded
             return message
 
-        await self.app(scope, limited_receive, send)
+        replacing = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started, replacing
+            if message["type"] == "http.response.start":
+                if exceeded is not None and not response_started:
+                    # The rest of the app's response is dropped in favour of this one.
+                    replacing = response_started = True
+                    await problem_response(exceeded)(scope, receive, send)
+                    return
+                response_started = True
+            if not replacing:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if exceeded is None or response_started:
+                raise
+            await problem_response(exceeded)(scope, receive, send)
 
     def _error(self, size: int, at_least: bool = False) -> PayloadTooLarge:
         amount = f"at least {size}" if at_least else str(size)

@@ -5,6 +5,7 @@ with a fixed message and the request id, while the traceback goes to the log.
 """
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,6 +35,17 @@ _STATUS_KINDS: dict[int, type[ServiceError]] = {
 }
 
 
+def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """Return OpenAPI `responses` documenting each status with the problem-details body."""
+    from app.schemas import Problem
+
+    schema = Problem.model_json_schema()
+    return {
+        status: {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+        for status, description in descriptions.items()
+    }
+
+
 def problem_body(
     status: int, kind: str, title: str, detail: str, **extra: Any
 ) -> dict[str, Any]:
@@ -48,12 +60,17 @@ def problem_body(
     return body
 
 
+def _printable_text(text: str) -> str:
+    # A lone surrogate from a JSON \\u escape cannot be encoded as UTF-8 in the answer.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def problem_response(error: ServiceError) -> JSONResponse:
     body = problem_body(
         error.status,
         error.kind,
         error.title,
-        error.detail,
+        _printable_text(error.detail),
         field=error.field,
         value=_json_safe(error.value),
         limit=error.limit,
@@ -66,7 +83,12 @@ def problem_response(error: ServiceError) -> JSONResponse:
 
 
 def _json_safe(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """Return `value` in a form that JSON can carry: no NaN or infinity, no lone surrogate."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return _printable_text(value)
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]

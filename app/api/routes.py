@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.forms import FormRequest, read_form
 from app.api.lifetime import request_timeout, unless_disconnected
+from app.api.problems import problem_responses
 from app.engine.engine import EmbedResult, Engine
 from app.errors import InvalidInput, NotReady
 from app.schemas import (
@@ -17,13 +18,11 @@ from app.schemas import (
     LabelScore,
     ModelsResponse,
     PipelineInfo,
-    Problem,
     multipart_schema,
 )
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "description": description}
-    for status, description in {
+ERROR_RESPONSES = problem_responses(
+    {
         400: "Malformed multipart body",
         404: "Unknown pipeline",
         413: "Body, part, text, image or audio above its limit",
@@ -32,8 +31,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         429: "Queue full; retry after the Retry-After seconds",
         503: "Not ready",
         504: "Deadline passed",
-    }.items()
-}
+    }
+)
 
 router = APIRouter()
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from app import metrics
+from app.encoders.base import Prepared
 from app.encoders.registry import ENCODER_BUILDERS
 from app.engine.batcher import Batcher, BatchLimits
 from app.engine.worker import DeviceWorker, pick_device
@@ -148,12 +149,8 @@ class Engine:
         deadline = time.monotonic() + timeout
         try:
             async with asyncio.timeout(timeout):
-                prepared = await _all_or_nothing(
-                    {m: self._preprocess(pipeline, m, payloads[m]) for m in present}
-                )
-                vectors = await _all_or_nothing(
-                    {m: self._batchers[(pipeline.name, m)].submit(prepared[m], deadline) for m in present}
-                )
+                prepared = await self.prepare(pipeline, sample)
+                vectors = await self.forward(pipeline, prepared, deadline)
         except TimeoutError as exc:
             raise TimedOut(f"the request did not finish within its deadline of {timeout:g} s") from exc
 
@@ -166,6 +163,19 @@ class Engine:
             space=pipeline.space(merged),
             per_modality=vectors,
             info={m: prepared[m].info for m in present},
+        )
+
+    async def prepare(self, pipeline: Pipeline, sample: Sample) -> dict[str, Prepared]:
+        """Preprocess every modality of a sample in the pool; raise the first failure."""
+        payloads = sample.payloads()
+        return await _all_or_nothing({m: self._preprocess(pipeline, m, payloads[m]) for m in payloads})
+
+    async def forward(
+        self, pipeline: Pipeline, prepared: Mapping[str, Prepared], deadline: float
+    ) -> dict[str, np.ndarray]:
+        """Queue prepared items with their batchers and wait for all of their embeddings."""
+        return await _all_or_nothing(
+            {m: self._batchers[(pipeline.name, m)].submit(item, deadline) for m, item in prepared.items()}
         )
 
     @staticmethod
@@ -183,7 +193,7 @@ class Engine:
                     field=modality,
                 )
 
-    async def _preprocess(self, pipeline: Pipeline, modality: str, payload: Any) -> Any:
+    async def _preprocess(self, pipeline: Pipeline, modality: str, payload: Any) -> Prepared:
         encoder = pipeline.encoders[modality]
         started = time.perf_counter()
         loop = asyncio.get_running_loop()

@@ -14,8 +14,8 @@ from app.encoders.text_hf import HFTextEncoder
 from app.engine.batcher import Batcher, BatchLimits
 from app.engine.worker import DeviceWorker
 from app.errors import Overloaded, TimedOut
-from app.pipeline import BuildContext, read_config
-from app.settings import PROJECT_ROOT, Settings
+from app.pipeline import read_config
+from app.settings import PROJECT_ROOT
 
 DEFAULT_PIPELINE = PROJECT_ROOT / "models" / "default"
 
