@@ -1,7 +1,6 @@
 """The `mms` command line: `train` and `evaluate` a head, `embed` and `classify` through a server."""
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
