@@ -21,6 +21,7 @@ The hf-* types take these options:
 - `dtype`: float32, float16 or bfloat16. Half precision applies on CUDA only.
 """
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def _hf_source(spec: EncoderSpec, context: BuildContext) -> tuple[str, dict[str,
     return source, options
 
 
-def build_hf_text(spec: EncoderSpec, context: BuildContext) -> Encoder:
+def build_hf_text(spec: EncoderSpec, context: BuildContext, **fixed: Any) -> Encoder:
+    """Build a text encoder; `fixed` holds options that the encoder type itself sets."""
     from app.encoders.text_hf import HFTextEncoder
 
     source, options = _hf_source(spec, context)
@@ -52,20 +54,7 @@ def build_hf_text(spec: EncoderSpec, context: BuildContext) -> Encoder:
         model_id=spec.model,
         device=context.device,
         max_chars=context.settings.max_text_chars,
-        **options,
-    )
-
-
-def build_hf_clip_text(spec: EncoderSpec, context: BuildContext) -> Encoder:
-    from app.encoders.text_hf import HFTextEncoder
-
-    source, options = _hf_source(spec, context)
-    return HFTextEncoder(
-        source=source,
-        model_id=spec.model,
-        device=context.device,
-        max_chars=context.settings.max_text_chars,
-        pooling="projection",
+        **fixed,
         **options,
     )
 
@@ -127,7 +116,8 @@ def build_ge2e(spec: EncoderSpec, context: BuildContext) -> Encoder:
 
 ENCODER_BUILDERS: dict[str, Callable[[EncoderSpec, BuildContext], Encoder]] = {
     "hf-text": build_hf_text,
-    "hf-clip-text": build_hf_clip_text,
+    # The CLIP text tower: its projected embedding shares one space with CLIP images.
+    "hf-clip-text": functools.partial(build_hf_text, pooling="projection"),
     "hf-image": build_hf_image,
     "hf-audio": build_hf_audio,
     "timm-image": build_timm_image,
