@@ -81,6 +81,18 @@ RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
 COPY models/ /app/models/
 WORKDIR /app
 
+# Hub models for the other pipelines in models/ (roberta-base, clip, multilingual),
+# fetched at build time into the image's Hugging Face cache, for example
+# --build-arg HF_MODELS="FacebookAI/roberta-base openai/clip-vit-base-patch32".
+# Empty by default: the default pipeline needs no hub. A mounted cache volume at
+# HF_HOME serves the same purpose without growing the image (docs/pipelines.md).
+# NOTE: this download step has not run on a machine with hub access yet.
+ARG HF_MODELS=""
+ENV HF_HOME=/opt/hf
+RUN for model in $HF_MODELS; do \
+        hf download "$model" --include "*.safetensors" "*.json" "*.txt" "*.model" || exit 1; \
+    done
+
 # uvicorn reads UVICORN_* variables as its command-line options. The graceful
 # shutdown matches the default request deadline (MMS_REQUEST_TIMEOUT_S=30), so
 # requests in flight finish after SIGTERM. The hub variables keep transformers
