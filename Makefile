@@ -10,9 +10,9 @@ setup:
 setup-test:
 	bash scripts/setup.sh --test
 
-# The mmap threshold keeps freed image buffers from growing the heap (see Dockerfile).
+# Two malloc arenas keep the resident size down (see Dockerfile).
 serve: setup
-	MALLOC_MMAP_THRESHOLD_=1048576 .venv/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	MALLOC_ARENA_MAX=2 .venv/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
 
 test: setup-test
 	.venv/bin/python -m pytest

@@ -47,8 +47,9 @@ def free_port() -> int:
 def start_server(env: Mapping[str, str], log_path: Path) -> Server:
     """Start `uvicorn app.main:app` on 127.0.0.1, as `make serve` does, and wait for /readyz 200."""
     port = free_port()
-    # The SIGTERM drain only matters behind a load balancer; the benchmark stops servers often.
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "MMS_SHUTDOWN_DRAIN_S": "0", **env}
+    # The SIGTERM drain only matters behind a load balancer; the benchmark stops servers
+    # often. The malloc arenas match `make serve` and the container, unless set outside.
+    full_env = {"MALLOC_ARENA_MAX": "2", **os.environ, "PYTHONUNBUFFERED": "1", "MMS_SHUTDOWN_DRAIN_S": "0", **env}
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
     started = time.perf_counter()
     with log_path.open("wb") as log:

@@ -14,7 +14,7 @@ import torch
 from app import metrics
 from app.encoders.base import Prepared
 from app.encoders.registry import ENCODER_BUILDERS
-from app.engine.batcher import Batcher, BatchLimits
+from app.engine.batcher import Batcher, BatchLimits, warmup_batch_sizes
 from app.engine.worker import DeviceWorker, pick_device
 from app.errors import InvalidInput, NotFound, NotReady, ServiceError, TimedOut
 from app.pipeline import MODALITIES, Pipeline, load_pipeline
@@ -87,25 +87,29 @@ class Engine:
         for name in self.settings.pipelines:
             pipeline = load_pipeline(name, self.settings, self.device, ENCODER_BUILDERS)
             for modality, encoder in pipeline.encoders.items():
-                logger.info("warming up %s/%s", name, modality)
-                self._worker.run_blocking(encoder.warmup, (1, self.settings.max_batch_size))
+                sizes = warmup_batch_sizes(encoder, self._limits(modality))
+                logger.info("warming up %s/%s at batch sizes %s", name, modality, sizes)
+                self._worker.run_blocking(encoder.warmup, sizes)
             self.pipelines[name] = pipeline
 
-    def _create_batchers(self) -> dict[tuple[str, str], Batcher]:
+    def _limits(self, modality: str) -> BatchLimits:
         budgets = {
             "text": self.settings.max_batch_tokens,
             "image": self.settings.max_batch_pixels,
             "audio": self.settings.max_batch_windows,
         }
+        return BatchLimits(
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_cost=budgets[modality],
+            max_queue_items=self.settings.max_queue_items,
+            max_wait_s=self.settings.max_wait_ms / 1000,
+        )
+
+    def _create_batchers(self) -> dict[tuple[str, str], Batcher]:
         batchers = {}
         for name, pipeline in self.pipelines.items():
             for modality, encoder in pipeline.encoders.items():
-                limits = BatchLimits(
-                    max_batch_size=self.settings.max_batch_size,
-                    max_batch_cost=budgets[modality],
-                    max_queue_items=self.settings.max_queue_items,
-                    max_wait_s=self.settings.max_wait_ms / 1000,
-                )
+                limits = self._limits(modality)
                 batchers[(name, modality)] = Batcher(f"{name}/{modality}", encoder, self._worker, limits)
         return batchers
 

@@ -4,12 +4,9 @@ Every response must equal its input's result when sent alone, no request may fai
 and the server's resident memory after the run must stay within 10 % of its value
 after a warm-up. Opt-in: `pytest -m soak` (see tests/soak/conftest.py).
 
-The server runs with glibc's mmap threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_),
-so freed batch buffers return to the system and resident memory tracks live memory.
-With glibc's default dynamic threshold, a server on a two-core CPU machine grew by
-about 440 MiB over its first 2,000 image requests and then stayed flat for 1,800
-more. With the fixed threshold it stayed within 2 % of 1,100 MiB over 2,400 image
-requests, at the same throughput. The warm-up still runs until memory levels off.
+The server runs with two glibc malloc arenas (MALLOC_ARENA_MAX=2), as `make serve`
+and the container do, so that memory freed by one preprocessing thread serves the
+next. The warm-up runs until memory levels off.
 """
 
 import asyncio
@@ -146,7 +143,7 @@ def soak_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     env = {
         "MMS_LOG_LEVEL": "WARNING",
         "MMS_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
-        "MALLOC_MMAP_THRESHOLD_": str(1024 * 1024),
+        "MALLOC_ARENA_MAX": "2",
     }
     with run_server(env, log_path) as running:
         yield running
