@@ -15,7 +15,7 @@ from app import metrics
 from app.encoders.base import Prepared
 from app.encoders.registry import ENCODER_BUILDERS
 from app.engine.batcher import Batcher, BatchLimits, warmup_batch_sizes
-from app.engine.worker import DeviceWorker, pick_device
+from app.engine.worker import DeviceWorker, pick_device, use_one_openmp_thread
 from app.errors import InvalidInput, NotFound, NotReady, ServiceError, TimedOut
 from app.pipeline import MODALITIES, Pipeline, load_pipeline
 from app.settings import Settings
@@ -61,7 +61,9 @@ class Engine:
         self.draining = False
         self.load_error: str | None = None
         self._worker = DeviceWorker(self.device)
-        self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
+        self._pool = ThreadPoolExecutor(
+            settings.preprocess_threads, thread_name_prefix="preprocess", initializer=use_one_openmp_thread
+        )
         self._batchers: dict[tuple[str, str], Batcher] = {}
 
     # Lifecycle
@@ -70,7 +72,7 @@ class Engine:
         """Load and warm every pipeline, then start the batchers and turn ready."""
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._load)
+            await self._worker.run_setup(self._load)
         except Exception:
             self.load_error = "pipelines failed to load; see the log"
             logger.exception("loading pipelines failed")
@@ -82,6 +84,7 @@ class Engine:
         logger.info("ready in %.1f s on %s: pipelines %s", time.perf_counter() - started, self.device, list(self.pipelines))
 
     def _load(self) -> None:
+        """Load and warm up every pipeline; runs on the device thread."""
         if self.device.type == "cpu" and self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         for name in self.settings.pipelines:
@@ -89,7 +92,7 @@ class Engine:
             for modality, encoder in pipeline.encoders.items():
                 sizes = warmup_batch_sizes(encoder, self._limits(modality))
                 logger.info("warming up %s/%s at batch sizes %s", name, modality, sizes)
-                self._worker.run_blocking(encoder.warmup, sizes)
+                encoder.warmup(sizes)
             self.pipelines[name] = pipeline
 
     def _limits(self, modality: str) -> BatchLimits:

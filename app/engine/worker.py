@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
+from threadpoolctl import threadpool_limits
 
 T = TypeVar("T")
 
@@ -19,6 +20,21 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def use_one_openmp_thread() -> None:
+    """Make torch operators on the calling thread run on that thread alone.
+
+    Meant for the preprocessing threads. libgomp keeps a team of worker threads for
+    every thread that opens a parallel region. On 2 CPU cores, the teams of the
+    preprocessing threads slowed the device thread's forward passes by 1.3 to 4 times,
+    even when they ran between those passes (GE2E at batch 1: 12 ms alone, 47 ms with
+    them). torch.set_num_threads cannot help here, because it changes every thread's count.
+    """
+    # torch sets a thread's OpenMP thread count on its first parallel operator. Let it
+    # do that first, so that the limit below stays in force for this thread.
+    torch.get_num_threads()
+    threadpool_limits(1, user_api="openmp")
 
 
 def _run_in_inference_mode(fn: Callable[..., T], *args: object) -> T:
@@ -43,9 +59,13 @@ class DeviceWorker:
         finally:
             self.busy = False
 
-    def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn` on the device thread from synchronous code, such as warm-up."""
-        return self._executor.submit(_run_in_inference_mode, fn, *args).result()
+    async def run_setup(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` on the device thread outside inference mode, such as loading.
+
+        Loading the models on the thread that runs them keeps every large torch
+        operator on one thread, and so on one libgomp thread team.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
