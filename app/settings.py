@@ -28,11 +28,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, description="Extra wait for companions when the device is idle.")
     max_queue_items: int = Field(1024, ge=1, description="Items queued per encoder before 429.")
     max_batch_tokens: int = Field(16384, ge=1, description="Text batch budget in tokens, padding included.")
-    # Eight 224x224 images: on CPUs, larger image batches run slower per image and
-    # hold more activation memory. Raise it on a GPU.
-    max_batch_pixels: int = Field(
-        8 * 224 * 224, ge=1, description="Image batch budget in model-input pixels (default: 8 images of 224x224)."
-    )
+    # Unset: eight 224x224 images on the CPU, where larger image batches ran slower per
+    # image and held more activation memory (EfficientNet-Lite0, 2 cores), and
+    # max_batch_size of them on a GPU.
+    max_batch_pixels: int | None = Field(None, ge=1, description="Image batch budget in model-input pixels.")
     max_batch_windows: int = Field(256, ge=1, description="Audio batch budget in encoder windows.")
     shutdown_drain_s: float = Field(
         2.0, ge=0, description="Seconds between SIGTERM (readiness turns 503) and closing the socket."

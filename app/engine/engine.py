@@ -52,6 +52,10 @@ class EmbedResult:
         return [m for m in MODALITIES if m in self.per_modality]
 
 
+# Images per batch on the CPU when MMS_MAX_BATCH_PIXELS is unset.
+CPU_IMAGE_BATCH = 8
+
+
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -98,7 +102,7 @@ class Engine:
     def _limits(self, modality: str) -> BatchLimits:
         budgets = {
             "text": self.settings.max_batch_tokens,
-            "image": self.settings.max_batch_pixels,
+            "image": self.settings.max_batch_pixels or self._default_image_budget(),
             "audio": self.settings.max_batch_windows,
         }
         return BatchLimits(
@@ -107,6 +111,10 @@ class Engine:
             max_queue_items=self.settings.max_queue_items,
             max_wait_s=self.settings.max_wait_ms / 1000,
         )
+
+    def _default_image_budget(self) -> int:
+        images = CPU_IMAGE_BATCH if self.device.type == "cpu" else self.settings.max_batch_size
+        return images * 224 * 224
 
     def _create_batchers(self) -> dict[tuple[str, str], Batcher]:
         batchers = {}
