@@ -38,6 +38,7 @@ class EncoderInfo(BaseModel):
     revision: str
     dimension: int
     cost_unit: str
+    max_batch_size: int = Field(description="Most items in one forward pass: the setting or the measured best size.")
 
 
 class PipelineInfo(BaseModel):

@@ -4,6 +4,7 @@ Every field maps to one variable, MMS_<FIELD> in upper case; for example
 MMS_MAX_BATCH_SIZE=16. Units are in the field names (_ms, _s, _bytes, _chars).
 """
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +27,14 @@ class Settings(BaseSettings):
     # Micro-batching
     max_batch_size: int = Field(32, ge=1, description="Maximum items (rows) in one forward pass.")
     max_wait_ms: float = Field(0.0, ge=0, description="Extra wait for companions when the device is idle.")
+    tune_batch_size: bool = Field(
+        False,
+        description="Measure each encoder's best batch size at start-up (1, 2, 4, ... rows) and cap its batches there.",
+    )
+    batch_size_cache: Path = Field(
+        Path(tempfile.gettempdir()) / "mms" / "batch-sizes.json",
+        description="JSON file that keeps measured batch sizes per device, so later starts skip the search.",
+    )
     max_queue_items: int = Field(1024, ge=1, description="Items queued per encoder before 429.")
     max_batch_tokens: int = Field(16384, ge=1, description="Text batch budget in tokens, padding included.")
     # Unset: eight 224x224 images on the CPU, where larger image batches ran slower per

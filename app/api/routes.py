@@ -129,7 +129,10 @@ async def list_models(request: Request) -> ModelsResponse:
                 name=pipeline.name,
                 description=pipeline.description,
                 modalities=list(pipeline.encoders),
-                encoders=[EncoderInfo(**encoder.describe()) for encoder in pipeline.encoders.values()],
+                encoders=[
+                    EncoderInfo(**encoder.describe(), max_batch_size=engine.max_batch_rows(pipeline.name, modality))
+                    for modality, encoder in pipeline.encoders.items()
+                ],
                 fusion=pipeline.fusion.kind,
                 dimension=pipeline.fusion.dim,
                 default_weights=pipeline.fusion.default_weights,

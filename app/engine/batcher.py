@@ -43,17 +43,13 @@ class BatchLimits:
     max_wait_s: float = 0.0
 
 
-def warmup_batch_sizes(encoder: Encoder, limits: BatchLimits) -> tuple[int, int]:
-    """Return batch 1 and the largest batch of the encoder's example that the limits allow.
-
-    Warming up at the largest real batch shape allocates what serving will need, and
-    no more: a batch the budget never lets through would only grow resident memory.
-    """
+def largest_batch(encoder: Encoder, limits: BatchLimits) -> int:
+    """Return the most rows of the encoder's example input that one batch may hold under the limits."""
     cost = encoder.preprocess(encoder.example_payload()).cost
     rows = limits.max_batch_size
     while rows > 1 and encoder.batch_cost([cost] * rows) > limits.max_batch_cost:
         rows -= 1
-    return 1, rows
+    return rows
 
 
 class Batcher:

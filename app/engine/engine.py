@@ -14,7 +14,8 @@ import torch
 from app import metrics
 from app.encoders.base import Prepared
 from app.encoders.registry import ENCODER_BUILDERS
-from app.engine.batcher import Batcher, BatchLimits, warmup_batch_sizes
+from app.engine.batcher import Batcher, BatchLimits, largest_batch
+from app.engine.tuning import BatchSizeCache, best_batch_size
 from app.engine.worker import DeviceWorker, pick_device, use_one_openmp_thread
 from app.errors import InvalidInput, NotFound, NotReady, ServiceError, TimedOut
 from app.pipeline import MODALITIES, Pipeline, load_pipeline
@@ -69,6 +70,7 @@ class Engine:
             settings.preprocess_threads, thread_name_prefix="preprocess", initializer=use_one_openmp_thread
         )
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._max_rows: dict[tuple[str, str], int] = {}
 
     # Lifecycle
 
@@ -94,19 +96,27 @@ class Engine:
         for name in self.settings.pipelines:
             pipeline = load_pipeline(name, self.settings, self.device, ENCODER_BUILDERS)
             for modality, encoder in pipeline.encoders.items():
-                sizes = warmup_batch_sizes(encoder, self._limits(modality))
-                logger.info("warming up %s/%s at batch sizes %s", name, modality, sizes)
-                encoder.warmup(sizes)
+                rows = largest_batch(encoder, self._limits(modality))
+                if self.settings.tune_batch_size:
+                    rows = best_batch_size(encoder, rows, self.device, BatchSizeCache(self.settings.batch_size_cache))
+                self._max_rows[(name, modality)] = rows
+                # Warming up at the largest batch that will run allocates what serving needs, and no more.
+                logger.info("warming up %s/%s at batch sizes 1 and %d", name, modality, rows)
+                encoder.warmup((1, rows))
             self.pipelines[name] = pipeline
 
-    def _limits(self, modality: str) -> BatchLimits:
+    def max_batch_rows(self, pipeline: str, modality: str) -> int:
+        """Return the row cap of one encoder's batches: the setting, or the measured best size."""
+        return self._max_rows[(pipeline, modality)]
+
+    def _limits(self, modality: str, max_rows: int | None = None) -> BatchLimits:
         budgets = {
             "text": self.settings.max_batch_tokens,
             "image": self.settings.max_batch_pixels or self._default_image_budget(),
             "audio": self.settings.max_batch_windows,
         }
         return BatchLimits(
-            max_batch_size=self.settings.max_batch_size,
+            max_batch_size=max_rows or self.settings.max_batch_size,
             max_batch_cost=budgets[modality],
             max_queue_items=self.settings.max_queue_items,
             max_wait_s=self.settings.max_wait_ms / 1000,
@@ -120,7 +130,7 @@ class Engine:
         batchers = {}
         for name, pipeline in self.pipelines.items():
             for modality, encoder in pipeline.encoders.items():
-                limits = self._limits(modality)
+                limits = self._limits(modality, self._max_rows[(name, modality)])
                 batchers[(name, modality)] = Batcher(f"{name}/{modality}", encoder, self._worker, limits)
         return batchers
 

@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.encoders.registry import build_hf_text
 from app.encoders.text_hf import HFTextEncoder
 from app.errors import InvalidInput, PayloadTooLarge
-from app.pipeline import BuildContext, read_config
-from app.settings import PROJECT_ROOT, Settings
+from tests.support.encoders import default_text_encoder
 
-DEFAULT_PIPELINE = PROJECT_ROOT / "models" / "default"
 SENTENCES = [
     "A cat is sleeping on the sofa.",
     "The stock market fell sharply after the announcement.",
@@ -25,10 +22,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def encoder() -> HFTextEncoder:
-    spec = read_config(DEFAULT_PIPELINE).encoders["text"]
-    built = build_hf_text(spec, BuildContext(DEFAULT_PIPELINE, torch.device("cpu"), Settings()))
-    assert isinstance(built, HFTextEncoder)
-    return built
+    return default_text_encoder()
 
 
 def embed(encoder: HFTextEncoder, texts: list[str]) -> np.ndarray:
