@@ -38,7 +38,10 @@ class EncoderInfo(BaseModel):
     revision: str
     dimension: int
     cost_unit: str
-    max_batch_size: int = Field(description="Most items in one forward pass: the setting or the measured best size.")
+    max_batch_size: int = Field(
+        description="Row cap of the encoder's forward passes: what the limits allow for its example input, "
+        "or its measured best batch size."
+    )
 
 
 class PipelineInfo(BaseModel):

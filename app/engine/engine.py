@@ -106,7 +106,11 @@ class Engine:
             self.pipelines[name] = pipeline
 
     def max_batch_rows(self, pipeline: str, modality: str) -> int:
-        """Return the row cap of one encoder's batches: the setting, or the measured best size."""
+        """Return the row cap of one encoder's batches.
+
+        The cap is the most rows of the encoder's example input that the limits allow,
+        or the measured best batch size when MMS_TUNE_BATCH_SIZE is on.
+        """
         return self._max_rows[(pipeline, modality)]
 
     def _limits(self, modality: str, max_rows: int | None = None) -> BatchLimits:
