@@ -103,7 +103,7 @@ def bare_regimes() -> dict[str, dict[str, str]]:
     cores (do_spin in libgomp's config/linux/wait.h). The service's process has several
     teams (device and preprocessing threads) and so spins little. The bare process has
     one team of as many threads as cores and spins fully, which starves its own threads
-    whenever another process holds a core. Running the bare pipeline with both wait
+    whenever another process runs on a core. Running the bare pipeline with both wait
     policies and keeping the faster row per batch size gives the strongest reference.
     """
     if "OMP_WAIT_POLICY" in os.environ:
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         path.write_text(json.dumps(results, indent=1))
         logger.info("results written to %s", path)
     page = report.render(results)
-    # A smoke check's figures never replace the results page unless --doc asks for it.
+    # A smoke check's figures never replace the results page unless --doc is given.
     doc = args.doc or (None if results["meta"]["quick"] else DEFAULT_DOC)
     if doc is not None:
         doc.parent.mkdir(parents=True, exist_ok=True)

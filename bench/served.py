@@ -99,7 +99,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def check_body(url: str, body: Body) -> None:
-    """POST `body` once and raise unless the answer is 200, so wrk never measures error responses."""
+    """POST `body` once and raise unless the response is 200, so wrk never measures error responses."""
     response = httpx.post(url, content=body.path.read_bytes(), headers={"Content-Type": body.content_type}, timeout=120)
     if response.status_code != 200:
         raise RuntimeError(f"POST {url} with {body.path.name} returned {response.status_code}: {response.text[:500]}")
@@ -108,7 +108,7 @@ def check_body(url: str, body: Body) -> None:
 def run_wrk(url: str, body: Body, concurrency: int, duration_s: float, threads: int) -> dict[str, Any]:
     """Run wrk with the POST script for `duration_s` at `concurrency` connections; return its summary.
 
-    `items_per_s` counts only 2xx/3xx responses; `latency_ms` holds wrk's percentiles.
+    `items_per_s` counts only 2xx/3xx responses, and `latency_ms` contains wrk's percentiles.
     """
     command = [
         "wrk",

@@ -61,7 +61,7 @@ def problem_body(
 
 
 def _printable_text(text: str) -> str:
-    # A lone surrogate from a JSON \\u escape cannot be encoded as UTF-8 in the answer.
+    # A lone surrogate from a JSON \\u escape cannot be encoded as UTF-8 in the response.
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

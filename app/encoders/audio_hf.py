@@ -27,12 +27,12 @@ import soundfile as sf
 import torch
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, ClapAudioModelWithProjection
 
-from app.encoders.base import Encoder, Prepared
+from app.encoders.base import Prepared
 from app.encoders.hf_common import (
+    HFEncoder,
     autocast_dtype,
     check_missing_weights,
     check_weights_present,
-    embed_with_fallback,
     load_pretrained,
     offline_mode,
     weights_revision,
@@ -76,7 +76,7 @@ def window_starts(sample_count: int, window: int) -> list[int]:
     return [*starts, sample_count - window]
 
 
-class HFAudioEncoder(Encoder):
+class HFAudioEncoder(HFEncoder):
     modality = "audio"
     cost_unit = "windows"
 
@@ -196,17 +196,6 @@ class HFAudioEncoder(Encoder):
             "clap": ("input_features", "is_longer"),
         }[self.kind]
         return {name: features[name][0] for name in names}
-
-    def forward(self, batch: list[Prepared]) -> np.ndarray:
-        items = [item.data for item in batch]
-        embedded = embed_with_fallback(
-            lambda indices: self._embed([items[i] for i in indices]),
-            len(items),
-            device=self.device,
-            dtype=self.autocast_dtype,
-            label=f"audio encoder {self.model_id}",
-        )
-        return embedded.numpy()
 
     def _embed(self, items: Sequence[AudioWindows]) -> torch.Tensor:
         """Return one pooled row per item: the sample-weighted mean of its unit-norm window rows."""

@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,8 +11,10 @@ from typing import Any, TypeVar
 import huggingface_hub
 import huggingface_hub.constants
 import torch
+import numpy as np
 import torch.nn.functional as F
 
+from app.encoders.base import Encoder, Prepared
 from app.encoders.weights import fingerprint_files
 
 logger = logging.getLogger(__name__)
@@ -169,3 +172,25 @@ def embed_with_fallback(
         if still_bad:
             raise NonFiniteOutput(f"{label}: items {still_bad} of the batch have non-finite embeddings in float32")
     return F.normalize(pooled, dim=-1).cpu()
+
+
+class HFEncoder(Encoder):
+    """Base of the transformers-based encoders: batched forward passes with the float32 fallback."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    def forward(self, batch: list[Prepared]) -> np.ndarray:
+        items = [item.data for item in batch]
+        embedded = embed_with_fallback(
+            lambda indices: self._embed([items[i] for i in indices]),
+            len(items),
+            device=self.device,
+            dtype=self.autocast_dtype,
+            label=f"{self.modality} encoder {self.model_id}",
+        )
+        return embedded.numpy()
+
+    @abstractmethod
+    def _embed(self, items: Sequence[Any]) -> torch.Tensor:
+        """Return one pooled row per item, before normalisation."""

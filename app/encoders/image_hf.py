@@ -12,16 +12,15 @@ Families and their default pooling:
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
 
-from app.encoders.base import Encoder, Prepared
+from app.encoders.base import Prepared
 from app.encoders.hf_common import (
+    HFEncoder,
     autocast_dtype,
     check_missing_weights,
     check_weights_present,
-    embed_with_fallback,
     load_pretrained,
     offline_mode,
     weights_revision,
@@ -36,7 +35,7 @@ _CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
 _POOLER_MODEL_TYPES = ("convnext", "convnextv2", "resnet", "regnet")
 
 
-class HFImageEncoder(Encoder):
+class HFImageEncoder(HFEncoder):
     """A transformers vision model used as an image embedder, fed by its own image processor.
 
     The cost of an image is the pixel count of its model input (height x width after the
@@ -98,17 +97,6 @@ class HFImageEncoder(Encoder):
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
         info = {"width": image.width, "height": image.height}
         return Prepared(data=pixels, cost=int(pixels.shape[-2] * pixels.shape[-1]), info=info)
-
-    def forward(self, batch: list[Prepared]) -> np.ndarray:
-        pixels = [item.data for item in batch]
-        embedded = embed_with_fallback(
-            lambda indices: self._embed([pixels[i] for i in indices]),
-            len(pixels),
-            device=self.device,
-            dtype=self.autocast_dtype,
-            label=f"image encoder {self.model_id}",
-        )
-        return embedded.numpy()
 
     def _embed(self, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
         # Processors with a fixed crop give one shape; others (shortest-edge resize only)

@@ -45,7 +45,7 @@ def _hf_source(spec: EncoderSpec, context: BuildContext) -> tuple[str, dict[str,
 
 
 def build_hf_text(spec: EncoderSpec, context: BuildContext, **fixed: Any) -> Encoder:
-    """Build a text encoder; `fixed` holds options that the encoder type itself sets."""
+    """Build a text encoder. `fixed` contains the options that the encoder type itself sets."""
     from app.encoders.text_hf import HFTextEncoder
 
     source, options = _hf_source(spec, context)

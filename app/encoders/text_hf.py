@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import (
@@ -24,12 +23,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from app.encoders.base import Encoder, Prepared
+from app.encoders.base import Prepared
 from app.encoders.hf_common import (
+    HFEncoder,
     autocast_dtype,
     check_missing_weights,
     check_weights_present,
-    embed_with_fallback,
     load_pretrained,
     offline_mode,
     weights_revision,
@@ -109,7 +108,7 @@ def read_folder_layout(folder: Path) -> FolderLayout:
     return FolderLayout(model_folder=str(model_folder), pooling=pooling, max_tokens=max_tokens)
 
 
-class HFTextEncoder(Encoder):
+class HFTextEncoder(HFEncoder):
     """A transformers text encoder with CLS, attention-masked mean or CLIP projection pooling.
 
     Text longer than the model's limit is truncated, and the item's info reports the cut with
@@ -232,17 +231,6 @@ class HFTextEncoder(Encoder):
         rows = sum(max(1, -(-cost // self.max_tokens)) for cost in costs)
         width = min(max(costs), self.max_tokens)
         return rows * width
-
-    def forward(self, batch: list[Prepared]) -> np.ndarray:
-        items = [item.data for item in batch]
-        embedded = embed_with_fallback(
-            lambda indices: self._embed([items[i] for i in indices]),
-            len(items),
-            device=self.device,
-            dtype=self.autocast_dtype,
-            label=f"text encoder {self.model_id}",
-        )
-        return embedded.numpy()
 
     def _embed(self, items: Sequence[TokenizedText]) -> torch.Tensor:
         """Return one pooled row per item: the weighted mean of its unit-norm window embeddings."""

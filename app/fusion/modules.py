@@ -156,7 +156,8 @@ class GatedFusion(FusionModule):
 
     Each modality gives tanh(W_m x_m). A gate computed from all present inputs and the
     presence mask weighs them per dimension, with a softmax over the present modalities.
-    Because the gate sees every modality, one modality can change how another is read.
+    Because the gate takes every modality as input, one modality can change how
+    another is weighted.
     """
 
     kind = "gated"

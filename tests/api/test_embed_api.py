@@ -125,6 +125,9 @@ def test_models_lists_default_pipeline(client: httpx.Client) -> None:
     assert default["dimension"] == FUSED_DIM
     dims = {e["modality"]: e["dimension"] for e in default["encoders"]}
     assert dims == {"text": 384, "image": 1280, "audio": 256}
+    caps = {e["modality"]: e["max_batch_size"] for e in default["encoders"]}
+    # On the CPU, an unset MMS_MAX_BATCH_PIXELS caps image batches at 8; the others keep MMS_MAX_BATCH_SIZE.
+    assert caps == {"text": 32, "image": 8, "audio": 32}
     assert default["labels"] == ["face-disliked", "face-liked", "other-disliked", "other-liked"]
 
 
