@@ -23,10 +23,20 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:N]'.")
     torch_threads: int = Field(0, ge=0, description="Threads for torch on the CPU; 0 picks the core count.")
     preprocess_threads: int = Field(2, ge=1, description="Threads decoding, tokenizing and computing features.")
+    idle_trim_s: float = Field(
+        1.0, ge=0, description="Seconds without a batch after which freed heap memory goes back to the OS; 0 never."
+    )
 
     # Micro-batching
     max_batch_size: int = Field(32, ge=1, description="Maximum items (rows) in one forward pass.")
     max_wait_ms: float = Field(0.0, ge=0, description="Extra wait for companions when the device is idle.")
+    refill_wait: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="After a batch, how long the next may wait for that batch's callers to send again, "
+        "as a fraction of the batch's forward time; 0 never waits.",
+    )
     tune_batch_size: bool = Field(
         False,
         description="Measure each encoder's best batch size at start-up (1, 2, 4, ... rows) and cap its batches there.",

@@ -156,8 +156,12 @@ def start_memory_section(results: dict[str, Any]) -> list[str]:
     ready_rss = results.get("rss_ready_bytes")
     if ready_rss is not None:
         rows.append(["server RSS when ready, before any request (VmRSS)", f"{ready_rss / 2**20:.0f} MiB"])
+    peak_rss = results.get("rss_peak_bytes")
+    if peak_rss is not None:
+        rows.append(["server peak RSS, during the load (VmHWM)", f"{peak_rss / 2**20:.0f} MiB"])
     if rss is not None:
-        rows.append(["server RSS after the load runs (VmRSS)", f"{rss / 2**20:.0f} MiB"])
+        settle = f", idle for {results['rss_settle_s']:g} s" if "rss_settle_s" in results else ""
+        rows.append([f"server RSS after the load runs{settle} (VmRSS)", f"{rss / 2**20:.0f} MiB"])
     return ["## Start and memory", ""] + table(["", ""], rows)
 
 

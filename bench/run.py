@@ -43,6 +43,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_DOC = BENCH_DIR.parent / "docs" / "benchmarks.md"
 EMBED_PATH = "/v1/embed"
+SETTLE_S = 3.0
+"""Idle seconds before the RSS reading after the load: past the service's default MMS_IDLE_TRIM_S."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -270,7 +272,11 @@ def measure_own_server(inputs: Path, bodies: dict[str, Body], log_dir: Path, arg
             check_body(server.url + EMBED_PATH, bodies[workload])
         warm_up(server, bodies, args.workloads, args)
         results["repeats"] = run_repeats(server, inputs, bodies, args)
+        results["rss_peak_bytes"] = rss_bytes(server.pid, "VmHWM")
+        # Past the idle time after which the service hands freed heap memory back.
+        time.sleep(SETTLE_S)
         results["rss_bytes"] = rss_bytes(server.pid)
+        results["rss_settle_s"] = SETTLE_S
     finally:
         stop_server(server)
     return results

@@ -90,12 +90,12 @@ def stop_server(server: Server) -> None:
         server.process.wait()
 
 
-def rss_bytes(pid: int) -> int:
-    """Return VmRSS of process `pid`, read from /proc/PID/status."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Return VmRSS (or another size field, such as the peak VmHWM) of process `pid`, from /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
+    raise RuntimeError(f"/proc/{pid}/status has no {field} line")
 
 
 def check_body(url: str, body: Body) -> None:

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 
 from app.api.lifetime import unless_disconnected
 from app.api.problems import problem_responses
+from app.api.responses import VectorJSONResponse
 from app.encoders.base import Prepared
 from app.engine.engine import Engine, Sample
 from app.errors import (
@@ -39,7 +40,7 @@ from app.errors import (
     UnsupportedMedia,
 )
 from app.pipeline import MODALITIES, Pipeline
-from app.schemas_openai import Embedding, EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse, Usage
+from app.schemas_openai import EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class _Item:
     summary="Embed a list of samples, OpenAI-compatible",
     tags=["inference"],
 )
-async def create_embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse | Response:
+async def create_embeddings(body: EmbeddingsRequest, request: Request) -> VectorJSONResponse:
     engine: Engine = request.app.state.engine
     if _has_lone_surrogate(body.model):
         raise InvalidInput("model is not valid Unicode text", field="model", value=_excerpt(body.model, 100))
@@ -148,16 +149,19 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request) -> Embedd
 
     vectors, tokens = await unless_disconnected(request, _embed_items(engine, pipeline, items))
 
-    data = [Embedding(index=i, embedding=_encode(v, body.encoding_format)) for i, v in enumerate(vectors)]
-    return EmbeddingsResponse(
-        data=data, model=pipeline.name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-    )
+    # The EmbeddingsResponse schema, written without pydantic, for the reason given at POST /v1/embed.
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return VectorJSONResponse({"object": "list", "data": data, "model": pipeline.name, "usage": usage})
 
 
-def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+def _encode(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return np.ascontiguousarray(vector)
 
 
 # Validation

@@ -41,6 +41,8 @@ class BatchLimits:
     max_batch_cost: int
     max_queue_items: int
     max_wait_s: float = 0.0
+    refill_wait: float = 0.0
+    """Maximum wait for a batch to refill, as a fraction of the last forward pass; 0 never waits."""
 
 
 def largest_batch(encoder: Encoder, limits: BatchLimits) -> int:
@@ -62,6 +64,11 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._queue_gauge = metrics.QUEUE_DEPTH.labels(name)
+        # What the last forward pass left behind: how many items it and the queue then
+        # held, when it ended, and how long it took.
+        self._refill_target = 0
+        self._refill_deadline = 0.0
+        self._full_by_cost = False
 
     @property
     def queued(self) -> int:
@@ -102,22 +109,49 @@ class Batcher:
                     await self._forward(batch)
 
     async def _maybe_wait_for_companions(self) -> None:
-        # Off by default: an idle device should start at once.
-        if self.limits.max_wait_s <= 0 or len(self._queue) >= self.limits.max_batch_size:
+        if len(self._queue) >= self.limits.max_batch_size:
             return
-        await asyncio.sleep(self.limits.max_wait_s)
+        if self.limits.max_wait_s > 0:  # off by default: an idle device should start at once
+            await asyncio.sleep(self.limits.max_wait_s)
+        else:
+            await self._wait_for_refill()
+
+    async def _wait_for_refill(self) -> None:
+        """Right after a busy batch, wait briefly until as many items are queued as then.
+
+        Under a steady load of n concurrent callers, the callers of the batch that just
+        ended send their next items a moment later. Starting at once with the items
+        already queued splits the n callers into two half-size batches that then take
+        turns for good. So after a batch, the next one waits until the queue contains as
+        many items as the batch and the queue together contained when it ended, for at
+        most `refill_wait` times that batch's forward pass. After a batch of one item
+        with nothing queued, as when the service is idle, nothing waits. Neither does a
+        batch after one that the cost budget cut short, because a larger one cannot run.
+        """
+        while len(self._queue) < self._refill_target:
+            remaining = self._refill_deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        self._wakeup.set()  # the run loop relies on it while items are queued
 
     def _take_batch(self) -> list[_Item]:
         now = time.monotonic()
         self._drop_stale(now)
         chosen: list[_Item] = []
         costs: list[int] = []
+        self._full_by_cost = False
         for item in self._candidates():
             if len(chosen) == self.limits.max_batch_size:
                 break
             cost = self.encoder.batch_cost([*costs, item.prepared.cost])
             # The oldest item always runs, alone if it is costlier than the whole budget.
             if chosen and cost > self.limits.max_batch_cost:
+                self._full_by_cost = True
                 continue
             chosen.append(item)
             costs.append(item.prepared.cost)
@@ -167,7 +201,12 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        metrics.FORWARD_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        # A batch that the cost budget cut short was as full as a batch gets.
+        waiting = 0 if self._full_by_cost else len(self._queue)
+        self._refill_target = min(len(batch) + waiting, self.limits.max_batch_size)
+        self._refill_deadline = time.monotonic() + self.limits.refill_wait * elapsed
+        metrics.FORWARD_SECONDS.labels(self.name).observe(elapsed)
         logger.debug("%s forward: %d items in %.1f ms", self.name, len(batch), 1000 * (time.perf_counter() - started))
         for item, row in zip(batch, rows, strict=True):
             if not item.future.done():

@@ -65,7 +65,7 @@ class Engine:
         self.ready = False
         self.draining = False
         self.load_error: str | None = None
-        self._worker = DeviceWorker(self.device)
+        self._worker = DeviceWorker(self.device, settings.idle_trim_s)
         self._pool = ThreadPoolExecutor(
             settings.preprocess_threads, thread_name_prefix="preprocess", initializer=use_one_openmp_thread
         )
@@ -124,6 +124,7 @@ class Engine:
             max_batch_cost=budgets[modality],
             max_queue_items=self.settings.max_queue_items,
             max_wait_s=self.settings.max_wait_ms / 1000,
+            refill_wait=self.settings.refill_wait,
         )
 
     def _default_image_budget(self) -> int:
@@ -237,6 +238,9 @@ async def _all_or_nothing(coroutines: Mapping[str, Awaitable[T]]) -> dict[str, T
     Cancelling matters for the batchers: a cancelled item is dropped before the forward
     pass, so a sample whose image is invalid does not spend device time on its text.
     """
+    if len(coroutines) == 1:  # nothing to cancel on failure, so no task is needed
+        [(key, only)] = coroutines.items()
+        return {key: await only}
     tasks = {key: asyncio.ensure_future(coro) for key, coro in coroutines.items()}
     try:
         await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)

@@ -6,12 +6,18 @@ it, and the asyncio lock in front of it decides whose batch runs next (FIFO).
 
 import asyncio
 import functools
+import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
 from threadpoolctl import threadpool_limits
+
+from app.engine.memory import release_free_heap
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -43,8 +49,20 @@ def _run_in_inference_mode(fn: Callable[..., T], *args: object) -> T:
 
 
 class DeviceWorker:
-    def __init__(self, device: torch.device) -> None:
+    """The device thread, and the lock that hands it to one batch at a time.
+
+    After `idle_trim_s` seconds without a batch, the worker returns the heap's free
+    memory to the OS (0 turns that off). It runs on the device thread, so it never
+    overlaps a forward pass; a batch that arrives meanwhile waits for it (milliseconds).
+    """
+
+    def __init__(
+        self, device: torch.device, idle_trim_s: float = 0.0, trim: Callable[[], bool] = release_free_heap
+    ) -> None:
         self.device = device
+        self.idle_trim_s = idle_trim_s
+        self._trim = trim
+        self._trim_timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
         self.lock = asyncio.Lock()
         self.busy = False
@@ -58,6 +76,26 @@ class DeviceWorker:
             return await loop.run_in_executor(self._executor, call)
         finally:
             self.busy = False
+            self._rearm_trim(loop)
+
+    def _rearm_trim(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.idle_trim_s <= 0:
+            return
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        self._trim_timer = loop.call_later(self.idle_trim_s, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        self._trim_timer = None
+        if self.lock.locked():  # a batch has the device or is waiting for it, so check again later
+            self._rearm_trim(asyncio.get_running_loop())
+            return
+        self._executor.submit(self._trim_and_log)
+
+    def _trim_and_log(self) -> None:
+        started = time.perf_counter()
+        if self._trim():
+            logger.debug("returned free heap memory to the OS in %.1f ms", 1000 * (time.perf_counter() - started))
 
     async def run_setup(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(*args)` on the device thread outside inference mode, such as loading.
@@ -68,4 +106,6 @@ class DeviceWorker:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def shutdown(self) -> None:
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -217,3 +217,64 @@ def test_text_grouped_by_length(encoder: RecordingEncoder) -> None:
     run(scenario())
     grouped = [sorted(p.cost for p in batch) for batch in encoder.batches]
     assert grouped == [[5, 6], [62, 63]]
+
+
+async def _submit_one_by_one(batcher: Batcher, encoder: RecordingEncoder, items: list[str]) -> list[object]:
+    """Submit items on separate turns of the event loop, as callers coming back one after another."""
+    deadline = time.monotonic() + 60
+    futures = []
+    for text in items:
+        futures.append(asyncio.ensure_future(batcher.submit(encoder.preprocess(text), deadline)))
+        await asyncio.sleep(0)
+    return await asyncio.gather(*futures)
+
+
+def _batch_sizes_after_a_busy_batch(encoder: RecordingEncoder, refill_wait: float, first: int) -> list[int]:
+    async def scenario() -> None:
+        batcher, worker = make_batcher(encoder, max_batch_size=8, refill_wait=refill_wait)
+        async with worker.lock:  # the first items queue up and run as one batch
+            batcher.start()
+            pending = asyncio.ensure_future(submit_all(batcher, encoder, texts(first)))
+            await asyncio.sleep(0.05)
+        await pending
+        # Their callers send again at once, one after another.
+        await _submit_one_by_one(batcher, encoder, texts(first))
+        await batcher.stop()
+
+    encoder.batches.clear()
+    run(scenario())
+    return [len(batch) for batch in encoder.batches]
+
+
+def test_batch_waits_for_the_callers_of_the_last_batch(encoder: RecordingEncoder) -> None:
+    assert _batch_sizes_after_a_busy_batch(encoder, refill_wait=1.0, first=4) == [4, 4]
+
+
+def test_without_refill_wait_the_returning_callers_split(encoder: RecordingEncoder) -> None:
+    sizes = _batch_sizes_after_a_busy_batch(encoder, refill_wait=0.0, first=4)
+    assert sizes[0] == 4, sizes
+    assert sizes[1] < 4, sizes
+
+
+def test_no_refill_wait_after_a_single_item(encoder: RecordingEncoder) -> None:
+    # A batch of one with nothing queued is what an idle service runs: the next item
+    # starts at once rather than waiting for the one behind it.
+    assert _batch_sizes_after_a_busy_batch(encoder, refill_wait=1.0, first=1)[:2] == [1, 1]
+
+
+def test_refill_wait_ends_at_its_deadline(encoder: RecordingEncoder) -> None:
+    async def scenario() -> None:
+        batcher, worker = make_batcher(encoder, max_batch_size=8, refill_wait=1.0)
+        async with worker.lock:
+            batcher.start()
+            pending = asyncio.ensure_future(submit_all(batcher, encoder, texts(4)))
+            await asyncio.sleep(0.05)
+        await pending
+        # One caller of four comes back: its item runs once the wait is over.
+        [row] = await asyncio.wait_for(submit_all(batcher, encoder, texts(1)), timeout=10)
+        assert isinstance(row, np.ndarray)
+        await batcher.stop()
+
+    encoder.batches.clear()
+    run(scenario())
+    assert [len(batch) for batch in encoder.batches] == [4, 1]
