@@ -46,6 +46,15 @@ class Encoder(ABC):
         Thread-safe: several pool threads call it at once.
         """
 
+    def preprocess_inline(self, payload: Any) -> Prepared | None:
+        """Preprocess `payload` on the calling thread when that costs less than a hand-off to the pool.
+
+        The engine calls it on the event loop, so an encoder that overrides it returns at
+        once (within a fraction of a millisecond), or returns None to send the payload to
+        the pool. The base class always returns None.
+        """
+        return None
+
     @abstractmethod
     def forward(self, batch: list[Prepared]) -> np.ndarray:
         """Embed a batch on the device and return float32 rows of unit L2 norm.

@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 POOLING_MODES = ("mean", "cls", "projection")
 LONG_TEXT_MODES = ("truncate", "window")
 DEFAULT_MAX_WINDOWS = 16
+# Maximum text length, in characters, tokenized on the event loop. MiniLM's fast
+# tokenizer took 0.06 ms for 107 characters and 0.17 ms for 500 on one core of a 2-core
+# machine, about what a hand-off to a pool thread costs, and 1.2 ms for 2,000.
+INLINE_MAX_CHARS = 500
 # RoBERTa-family position ids start after the padding index, so the first
 # pad_token_id + 1 positions of the table never hold a token.
 _OFFSET_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert")
@@ -153,7 +157,7 @@ class HFTextEncoder(HFEncoder):
         self.special_token_count = self.tokenizer.num_special_tokens_to_add()
         # A fast tokenizer stores truncation settings in its shared Rust object and changes
         # them per call, so concurrent calls with different settings could skip truncation.
-        self._tokenizer_lock = threading.Lock()
+        self._tokenizer_lock = threading.RLock()
         dim = model.config.projection_dim if self.pooling == "projection" else model.config.hidden_size
         super().__init__(
             model_id=model_id,
@@ -200,6 +204,23 @@ class HFTextEncoder(HFEncoder):
             info["windows"] = len(kept)
         weights = [len(window) - self.special_token_count for window in kept]
         return Prepared(data=TokenizedText(kept, weights), cost=self._item_cost(kept), info=info)
+
+    def preprocess_inline(self, payload: str) -> Prepared | None:
+        """Tokenize a short text at once, unless a pool thread is using the tokenizer.
+
+        A text of up to INLINE_MAX_CHARS characters takes the tokenizer less time than
+        handing it to a pool thread and back costs. Tokenizing it on the event loop also
+        keeps the hand-off's latency out of the time that concurrent callers need to
+        refill a batch.
+        """
+        if len(payload) > INLINE_MAX_CHARS:
+            return None
+        if not self._tokenizer_lock.acquire(blocking=False):  # the event loop must not wait
+            return None
+        try:
+            return self.preprocess(payload)
+        finally:
+            self._tokenizer_lock.release()
 
     def _tokenize(self, payload: str) -> tuple[list[list[int]], int]:
         """Return the token ids of each window and the token count of the whole text."""

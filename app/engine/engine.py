@@ -227,7 +227,9 @@ class Engine:
         encoder = pipeline.encoders[modality]
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._pool, encoder.preprocess, payload)
+        prepared = encoder.preprocess_inline(payload)
+        if prepared is None:
+            prepared = await loop.run_in_executor(self._pool, encoder.preprocess, payload)
         metrics.PREPROCESS_SECONDS.labels(f"{pipeline.name}/{modality}").observe(time.perf_counter() - started)
         return prepared
 

@@ -1,5 +1,6 @@
 """The default text encoder: MiniLM-L6 from its PyPI package, checked against sentence-transformers."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,42 @@ def test_minilm_text_length_limit(encoder: HFTextEncoder) -> None:
     assert raised.value.value == encoder.max_chars + 1
     assert raised.value.limit == encoder.max_chars
     assert str(encoder.max_chars) in raised.value.detail
+
+
+def test_inline_preprocess_equals_pool_preprocess(encoder: HFTextEncoder) -> None:
+    for text in SENTENCES:
+        inline = encoder.preprocess_inline(text)
+        assert inline is not None, text
+        expected = encoder.preprocess(text)
+        assert inline.data == expected.data
+        assert inline.cost == expected.cost
+        assert inline.info == expected.info
+
+
+def test_inline_preprocess_leaves_long_text_to_pool(encoder: HFTextEncoder) -> None:
+    assert encoder.preprocess_inline("word " * 200) is None
+
+
+def test_inline_preprocess_never_waits_for_tokenizer(encoder: HFTextEncoder) -> None:
+    lock_taken = threading.Event()
+    release = threading.Event()
+
+    def hold_tokenizer() -> None:
+        with encoder._tokenizer_lock:
+            lock_taken.set()
+            release.wait(timeout=10)
+
+    holder = threading.Thread(target=hold_tokenizer)
+    holder.start()
+    try:
+        assert lock_taken.wait(timeout=10)
+        assert encoder.preprocess_inline(SENTENCES[0]) is None
+    finally:
+        release.set()
+        holder.join()
+    assert encoder.preprocess_inline(SENTENCES[0]) is not None
+
+
+def test_inline_preprocess_raises_for_bad_text(encoder: HFTextEncoder) -> None:
+    with pytest.raises(InvalidInput):
+        encoder.preprocess_inline(" \u200b ")
