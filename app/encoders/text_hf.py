@@ -7,13 +7,13 @@ tower (the projected text embedding, in the same space as CLIP's image embedding
 
 import json
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -155,9 +155,7 @@ class HFTextEncoder(HFEncoder):
         self.max_chars = max_chars
         self.max_tokens = min(max_tokens or layout.max_tokens or self._position_limit(), self._position_limit())
         self.special_token_count = self.tokenizer.num_special_tokens_to_add()
-        # A fast tokenizer stores truncation settings in its shared Rust object and changes
-        # them per call, so concurrent calls with different settings could skip truncation.
-        self._tokenizer_lock = threading.RLock()
+        self._windows = _window_tokenizer(self.tokenizer, self.max_tokens, model_id)
         dim = model.config.projection_dim if self.pooling == "projection" else model.config.hidden_size
         super().__init__(
             model_id=model_id,
@@ -206,38 +204,31 @@ class HFTextEncoder(HFEncoder):
         return Prepared(data=TokenizedText(kept, weights), cost=self._item_cost(kept), info=info)
 
     def preprocess_inline(self, payload: str) -> Prepared | None:
-        """Tokenize a short text at once, unless a pool thread is using the tokenizer.
+        """Tokenize a text of up to INLINE_MAX_CHARS characters at once; leave longer ones to the pool.
 
-        A text of up to INLINE_MAX_CHARS characters takes the tokenizer less time than
-        handing it to a pool thread and back costs. Tokenizing it on the event loop also
-        keeps the hand-off's latency out of the time that concurrent callers need to
-        refill a batch.
+        Such a text takes the tokenizer less time than handing it to a pool thread and
+        back costs. Tokenizing it on the event loop also keeps the hand-off's latency out
+        of the time that concurrent callers need to refill a batch.
         """
         if len(payload) > INLINE_MAX_CHARS:
             return None
-        if not self._tokenizer_lock.acquire(blocking=False):  # the event loop must not wait
-            return None
-        try:
-            return self.preprocess(payload)
-        finally:
-            self._tokenizer_lock.release()
+        return self.preprocess(payload)
 
     def _tokenize(self, payload: str) -> tuple[list[list[int]], int]:
-        """Return the token ids of each window and the token count of the whole text."""
-        with self._tokenizer_lock:
-            windows = self.tokenizer(
-                payload,
-                truncation=True,
-                max_length=self.max_tokens,
-                return_overflowing_tokens=self.long_text == "window",
-            )["input_ids"]
-            if self.long_text == "truncate":
-                windows = [windows]
-            token_count = sum(len(window) - self.special_token_count for window in windows) + self.special_token_count
-            if self.long_text == "truncate" and token_count >= self.max_tokens:
-                # Only a text that reached the limit can have been cut: count it in full.
-                content = self.tokenizer(payload, add_special_tokens=False, verbose=False)["input_ids"]
-                token_count = len(content) + self.special_token_count
+        """Return the token ids of each window and the token count of the whole text.
+
+        The windows tokenizer cuts the text into windows of at most max_tokens. In
+        "truncate" mode only the first window is kept, but the count includes them all.
+        """
+        if len(payload) <= INLINE_MAX_CHARS:
+            encoding = self._windows.encode(payload)
+        else:
+            # encode_batch releases the GIL, so a long text does not hold up the event loop.
+            [encoding] = self._windows.encode_batch([payload])
+        windows = [encoding.ids, *(window.ids for window in encoding.overflowing)]
+        token_count = sum(len(window) - self.special_token_count for window in windows) + self.special_token_count
+        if self.long_text == "truncate":
+            windows = windows[:1]
         return windows, token_count
 
     def _item_cost(self, windows: list[list[int]]) -> int:
@@ -295,6 +286,26 @@ def _check_encodable(payload: str) -> None:
             field="text",
             value=code_point,
         ) from exc
+
+
+def _window_tokenizer(tokenizer: PreTrainedTokenizerBase, max_tokens: int, model_id: str) -> Tokenizer:
+    """Return a private copy of the fast tokenizer, set once to cut text into windows of `max_tokens`.
+
+    Calling the transformers tokenizer rewrites the truncation settings of its shared Rust
+    object on every call, which concurrent callers must then lock around, and its Python
+    wrapper costs several times the tokenization of a sentence. This copy keeps one
+    setting, so any thread may call it at once.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        raise ValueError(
+            f"text encoder {model_id}: its tokenizer {type(tokenizer).__name__} has no fast (Rust) tokenizer; "
+            "save one with tokenizer.json in the model folder"
+        )
+    windows = Tokenizer.from_str(backend.to_str())
+    windows.no_padding()
+    windows.enable_truncation(max_tokens, stride=0, strategy="longest_first", direction=tokenizer.truncation_side)
+    return windows
 
 
 def _load(

@@ -15,6 +15,7 @@ from app import metrics
 from app.encoders.base import Prepared
 from app.encoders.registry import ENCODER_BUILDERS
 from app.engine.batcher import Batcher, BatchLimits, largest_batch
+from app.engine.memory import freeze_loaded_objects
 from app.engine.tuning import BatchSizeCache, best_batch_size
 from app.engine.worker import DeviceWorker, pick_device, use_one_openmp_thread
 from app.errors import InvalidInput, NotFound, NotReady, ServiceError, TimedOut
@@ -86,8 +87,15 @@ class Engine:
         for (name, modality), batcher in self._create_batchers().items():
             self._batchers[(name, modality)] = batcher
             batcher.start()
+        frozen = freeze_loaded_objects()
         self.ready = True
-        logger.info("ready in %.1f s on %s: pipelines %s", time.perf_counter() - started, self.device, list(self.pipelines))
+        logger.info(
+            "ready in %.1f s on %s: pipelines %s; %d objects exempt from garbage collection",
+            time.perf_counter() - started,
+            self.device,
+            list(self.pipelines),
+            frozen,
+        )
 
     def _load(self) -> None:
         """Load and warm up every pipeline; runs on the device thread."""

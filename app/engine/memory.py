@@ -1,12 +1,15 @@
-"""Hand freed heap memory back to the operating system.
+"""Keep the process's memory cheap to hold: the heap's free pages and the collector's work.
 
 glibc keeps memory that the process has freed (activations of the last batches, decoded
 images) in its heaps for reuse, so the resident size stays at its peak long after a
 burst of large batches. malloc_trim releases the free pages in the middle of the heaps,
 which free() alone never does.
+
+Python's cyclic garbage collector, in a full collection, walks every object it tracks.
 """
 
 import ctypes
+import gc
 import ctypes.util
 import functools
 import logging
@@ -35,3 +38,17 @@ def release_free_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+def freeze_loaded_objects() -> int:
+    """Exempt every object alive now from the garbage collector's scans; return how many there are.
+
+    Loading the models leaves about half a million objects (modules, parameters'
+    wrappers, configs, tokenizer state) that live as long as the process. Under load a
+    full collection walked all of them, three times in 10 s, for 0.2 s each on the
+    event loop: a third of its CPU time per request and a 0.2 s stall each time.
+    Objects made later, a request's included, are still collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

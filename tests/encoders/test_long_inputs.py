@@ -110,6 +110,26 @@ def test_xlm_roberta_far_beyond_limit() -> None:
         assert np.isfinite(encoder.forward([prepared])).all()
 
 
+PARITY_TEXTS = [
+    "A cat asleep on a sofa.",
+    "今天天气很好，我们去公园散步吧。",
+    "Привет, мир! مرحبا بالعالم. नमस्ते दुनिया 👋🏽",
+    "The quick brown fox jumps over the lazy dog. " * 12,  # above INLINE_MAX_CHARS: the pool's path
+]
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "clip", "sentence-transformers"])
+def test_tokens_match_transformers_tokenizer(family: str) -> None:
+    encoder = build("hf-text", family)
+    assert isinstance(encoder, HFTextEncoder)
+    tokenizer = AutoTokenizer.from_pretrained(encoder.tokenizer.name_or_path)
+    for text in PARITY_TEXTS:
+        expected = tokenizer(text, truncation=True, max_length=encoder.max_tokens)["input_ids"]
+        prepared = encoder.preprocess(text)
+        assert prepared.data.input_ids == expected, (family, text[:30])
+        assert prepared.info["tokens"] == len(tokenizer(text)["input_ids"]), (family, text[:30])
+
+
 def windowed_reference(text: str, content_per_window: int) -> np.ndarray:
     """Average, weighted by content tokens, of the plain embeddings of consecutive windows."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model("roberta"))

@@ -1,6 +1,6 @@
 """The default text encoder: MiniLM-L6 from its PyPI package, checked against sentence-transformers."""
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -109,24 +109,12 @@ def test_inline_preprocess_leaves_long_text_to_pool(encoder: HFTextEncoder) -> N
     assert encoder.preprocess_inline("word " * 200) is None
 
 
-def test_inline_preprocess_never_waits_for_tokenizer(encoder: HFTextEncoder) -> None:
-    lock_taken = threading.Event()
-    release = threading.Event()
-
-    def hold_tokenizer() -> None:
-        with encoder._tokenizer_lock:
-            lock_taken.set()
-            release.wait(timeout=10)
-
-    holder = threading.Thread(target=hold_tokenizer)
-    holder.start()
-    try:
-        assert lock_taken.wait(timeout=10)
-        assert encoder.preprocess_inline(SENTENCES[0]) is None
-    finally:
-        release.set()
-        holder.join()
-    assert encoder.preprocess_inline(SENTENCES[0]) is not None
+def test_threaded_preprocess_matches_serial(encoder: HFTextEncoder) -> None:
+    texts = [*SENTENCES, "word " * 120, "词" * 700]
+    expected = [encoder.preprocess(text).data for text in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda i: encoder.preprocess(texts[i % len(texts)]).data, range(40 * len(texts))))
+    assert results == expected * 40
 
 
 def test_inline_preprocess_raises_for_bad_text(encoder: HFTextEncoder) -> None:

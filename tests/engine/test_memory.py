@@ -1,6 +1,7 @@
-"""Freed heap memory goes back to the OS, on the device thread, once the worker is idle."""
+"""Freed heap memory goes back to the OS once the worker is idle, and loaded objects leave the collector's scans."""
 
 import asyncio
+import gc
 import threading
 import time
 from pathlib import Path
@@ -8,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine.memory import release_free_heap
+from app.engine.engine import Engine
+from app.engine.memory import freeze_loaded_objects, release_free_heap
 from app.engine.worker import DeviceWorker
+from app.settings import Settings
+from tests.support.pipelines import write_text_pipeline
 
 
 def _rss_bytes() -> int:
@@ -97,3 +101,49 @@ def test_zero_turns_trimming_off() -> None:
     finally:
         worker.shutdown()
     assert trim.threads == []
+
+
+def _tracked(obj: object) -> bool:
+    """Return whether a collection of any generation would scan `obj`."""
+    return any(o is obj for o in gc.get_objects())
+
+
+class Node:
+    def __init__(self) -> None:
+        self.partner: Node | None = None
+
+
+def test_freeze_spares_new_cycles() -> None:
+    loaded = {"weights": [1.0, 2.0]}
+    try:
+        assert freeze_loaded_objects() >= 1
+        assert not _tracked(loaded)
+        later = {"request": [3.0]}
+        assert _tracked(later)
+        a, b = Node(), Node()
+        a.partner, b.partner = b, a
+        del a, b
+        assert gc.collect() >= 2  # a cycle made after the freeze is still found
+    finally:
+        gc.unfreeze()
+
+
+def test_engine_freezes_its_models_before_ready(tmp_path: Path) -> None:
+    env = write_text_pipeline(tmp_path / "models")
+    settings = Settings(models_dir=env["MMS_MODELS_DIR"], pipelines=["text"])
+
+    async def start_and_check() -> tuple[bool, bool]:
+        engine = Engine(settings)
+        await engine.start()
+        try:
+            model = engine.pipelines["text"].encoders["text"].model
+            return engine.ready, _tracked(model)
+        finally:
+            await engine.stop()
+
+    try:
+        ready, model_tracked = asyncio.run(start_and_check())
+    finally:
+        gc.unfreeze()
+    assert ready
+    assert not model_tracked
