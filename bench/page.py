@@ -235,19 +235,19 @@ def reading_section() -> list[str]:
         "- On a CPU machine the service's own work shares the cores with the forward passes: HTTP and "
         "multipart parsing, tokenizing, the JSON response and the metrics on the event loop thread, and "
         "decoding in the preprocessing pool. The bare loop does none of this, so with few cores a served/bare "
-        "ratio at concurrency 64 stays below 1 by about that work's share of the CPU. In separate measurements "
-        "on the 2-core machine on 2026-12-05 (thread CPU times from /proc/PID/task during 8 s of text at "
-        "concurrency 64, three runs), the event loop thread used 0.7 to 0.9 ms of CPU per request and the two "
-        "torch threads 5.9 to 7.1 ms per item, where the bare loop spends about 6.3 ms of core time per item "
-        "at batch 32. On 2 cores the text ratio can then reach about 6.3 / (6.3 + 0.8) = 0.89. Before the "
-        "service exempted its loaded objects from Python's garbage collector, full collections walked half a "
-        "million objects three times in 10 s, each stalling the event loop for 0.2 s, and the event loop "
-        "thread used 1.0 to 1.4 ms per request.",
-        "- Audio on the same machine: at concurrency 64 the GE2E forward pass of a batch of about 30 windows "
-        "took about 0.5 s in the service (mms_forward_seconds on /metrics), against about 0.3 s for 32 in the "
-        "bare loop, while the preprocessing pool decoded the next batch. Lowering the pool threads' "
-        "scheduling priority (nice 10 and 19) and raising glibc's mmap and trim thresholds did not change "
-        "that beyond the run-to-run noise. The bare figures themselves varied by up to a factor of 1.8 "
+        "ratio at concurrency 64 stays below 1 by about that work's share of the CPU. Separate measurements "
+        "on the 2-core machine on 2026-12-05 read thread CPU times from /proc/PID/task during 8 s of text at "
+        "concurrency 64, in three runs. The event loop thread used 0.7 to 0.9 ms of CPU per request, and the "
+        "two torch threads 5.9 to 7.1 ms per item. The bare loop spends about 6.3 ms of core time per item "
+        "at batch 32, so on 2 cores the text ratio can reach about 6.3 / (6.3 + 0.8) = 0.89. Before the "
+        "service exempted its loaded objects from Python's garbage collector, the event loop thread used 1.0 "
+        "to 1.4 ms per request. Full collections then walked half a million objects three times in 10 s, and "
+        "each stalled the event loop for 0.2 s.",
+        "- Audio on the same machine: at concurrency 64, the GE2E forward pass of a batch of about 30 windows "
+        "took about 0.5 s in the service (mms_forward_seconds on /metrics). In the bare loop a batch of 32 "
+        "took about 0.3 s. During the service's pass, the preprocessing pool decoded the next batch. Lowering the pool "
+        "threads' scheduling priority (nice 10 and 19) and raising glibc's mmap and trim thresholds did not "
+        "change that beyond the run-to-run noise. The bare figures themselves varied by up to a factor of 1.8 "
         "between repeats of one run (audio at batch 32: 111, 93 and 60 items/s).",
         "",
     ]

@@ -69,7 +69,7 @@ async def embed(request: Request) -> VectorJSONResponse:
     if form.return_modalities:
         per_modality = {m: np.ascontiguousarray(result.per_modality[m]) for m in result.modalities}
     # Built by hand rather than through EmbedResponse, which stays the documented schema:
-    # validating and printing the vector as Python floats cost more than the rest of the reply.
+    # validating and printing the vector as Python floats cost more than the rest of the response.
     return VectorJSONResponse(
         {
             "pipeline": result.pipeline.name,

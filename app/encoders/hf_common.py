@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import huggingface_hub
 import huggingface_hub.constants
-import torch
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from app.encoders.base import Encoder, Prepared

@@ -64,8 +64,8 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._queue_gauge = metrics.QUEUE_DEPTH.labels(name)
-        # What the last forward pass left behind: how many items it and the queue then
-        # held, when it ended, and how long it took.
+        # Set by each forward pass: how many queued items the next batch waits for, until
+        # when, and whether the cost budget cut the batch short.
         self._refill_target = 0
         self._refill_deadline = 0.0
         self._full_by_cost = False
@@ -128,15 +128,13 @@ class Batcher:
         with nothing queued, as when the service is idle, nothing waits. Neither does a
         batch after one that the cost budget cut short, because a larger one cannot run.
         """
-        while len(self._queue) < self._refill_target:
-            remaining = self._refill_deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                break
+        try:
+            async with asyncio.timeout(self._refill_deadline - time.monotonic()):
+                while len(self._queue) < self._refill_target:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+        except TimeoutError:
+            pass
         self._wakeup.set()  # the run loop relies on it while items are queued
 
     def _take_batch(self) -> list[_Item]:

@@ -9,13 +9,10 @@ Python's cyclic garbage collector, in a full collection, walks every object it t
 """
 
 import ctypes
-import gc
 import ctypes.util
 import functools
-import logging
+import gc
 from collections.abc import Callable
-
-logger = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -43,11 +40,11 @@ def release_free_heap() -> bool:
 def freeze_loaded_objects() -> int:
     """Exempt every object alive now from the garbage collector's scans; return how many there are.
 
-    Loading the models leaves about half a million objects (modules, parameters'
-    wrappers, configs, tokenizer state) that live as long as the process. Under load a
-    full collection walked all of them, three times in 10 s, for 0.2 s each on the
-    event loop: a third of its CPU time per request and a 0.2 s stall each time.
-    Objects made later, a request's included, are still collected as usual.
+    Loading the default pipeline leaves about half a million objects (modules, configs,
+    tokenizer state) that live as long as the process. Under load, full collections
+    walked all of them three times in 10 s, each stalling the event loop for 0.2 s, which
+    was a third of its CPU time per request. Objects created later, those of requests
+    included, are still collected as usual.
     """
     gc.collect()
     gc.freeze()

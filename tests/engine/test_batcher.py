@@ -246,11 +246,11 @@ def _batch_sizes_after_a_busy_batch(encoder: RecordingEncoder, refill_wait: floa
     return [len(batch) for batch in encoder.batches]
 
 
-def test_batch_waits_for_the_callers_of_the_last_batch(encoder: RecordingEncoder) -> None:
+def test_batch_waits_for_returning_callers(encoder: RecordingEncoder) -> None:
     assert _batch_sizes_after_a_busy_batch(encoder, refill_wait=1.0, first=4) == [4, 4]
 
 
-def test_without_refill_wait_the_returning_callers_split(encoder: RecordingEncoder) -> None:
+def test_no_refill_wait_splits_callers(encoder: RecordingEncoder) -> None:
     sizes = _batch_sizes_after_a_busy_batch(encoder, refill_wait=0.0, first=4)
     assert sizes[0] == 4, sizes
     assert sizes[1] < 4, sizes

@@ -109,6 +109,8 @@ def _tracked(obj: object) -> bool:
 
 
 class Node:
+    """An object that can take part in a reference cycle."""
+
     def __init__(self) -> None:
         self.partner: Node | None = None
 
@@ -128,7 +130,7 @@ def test_freeze_spares_new_cycles() -> None:
         gc.unfreeze()
 
 
-def test_engine_freezes_its_models_before_ready(tmp_path: Path) -> None:
+def test_engine_freezes_loaded_models(tmp_path: Path) -> None:
     env = write_text_pipeline(tmp_path / "models")
     settings = Settings(models_dir=env["MMS_MODELS_DIR"], pipelines=["text"])
 
