@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from app import metrics
 from app.encoders.base import Prepared
@@ -17,7 +18,7 @@ from app.encoders.registry import ENCODER_BUILDERS
 from app.engine.batcher import Batcher, BatchLimits, largest_batch
 from app.engine.memory import freeze_loaded_objects
 from app.engine.tuning import BatchSizeCache, best_batch_size
-from app.engine.worker import DeviceWorker, pick_device, use_one_openmp_thread
+from app.engine.worker import DeviceWorker, keep_torch_on_calling_thread, pick_device
 from app.errors import InvalidInput, NotFound, NotReady, ServiceError, TimedOut
 from app.pipeline import MODALITIES, Pipeline, load_pipeline
 from app.settings import Settings
@@ -68,9 +69,10 @@ class Engine:
         self.load_error: str | None = None
         self._worker = DeviceWorker(self.device, settings.idle_trim_s)
         self._pool = ThreadPoolExecutor(
-            settings.preprocess_threads, thread_name_prefix="preprocess", initializer=use_one_openmp_thread
+            settings.preprocess_threads, thread_name_prefix="preprocess", initializer=keep_torch_on_calling_thread
         )
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._loop_thread_limits: threadpool_limits | None = None
         self._max_rows: dict[tuple[str, str], int] = {}
 
     # Lifecycle
@@ -78,6 +80,8 @@ class Engine:
     async def start(self) -> None:
         """Load and warm every pipeline, then start the batchers and turn ready."""
         started = time.perf_counter()
+        # Fusion heads run torch on the event loop, and only the device thread may run it on several threads.
+        self._loop_thread_limits = keep_torch_on_calling_thread()
         try:
             await self._worker.run_setup(self._load)
         except Exception:
@@ -153,6 +157,9 @@ class Engine:
             await batcher.stop()
         self._worker.shutdown()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._loop_thread_limits is not None:
+            self._loop_thread_limits.restore_original_limits()
+            self._loop_thread_limits = None
 
     def queued_items(self) -> int:
         return sum(b.queued for b in self._batchers.values())

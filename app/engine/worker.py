@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import MKLController, threadpool_limits
+from threadpoolctl import register as register_threadpool_controller
 
 from app.engine.memory import release_free_heap
 
@@ -28,19 +29,40 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def use_one_openmp_thread() -> None:
-    """Make torch operators on the calling thread run on that thread alone.
+class _TorchMKLController(MKLController):
+    """MKL as linked into libtorch_cpu, where threadpoolctl's own MKL controller does not look.
 
-    Meant for the preprocessing threads. libgomp keeps a team of worker threads for
-    every thread that opens a parallel region. On 2 CPU cores, the teams of the
-    preprocessing threads slowed the device thread's forward passes by 1.3 to 4 times,
-    even when they ran between those passes (GE2E at batch 1: 12 ms alone, 47 ms with
-    them). torch.set_num_threads cannot help here, because it changes every thread's count.
+    Torch links MKL statically, so its per-thread count is reached only through the
+    MKL_* functions that libtorch_cpu exports.
     """
-    # torch sets a thread's OpenMP thread count on its first parallel operator. Let it
+
+    filename_prefixes = ("libtorch_cpu",)
+    check_symbols = ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads_Local")
+
+
+register_threadpool_controller(_TorchMKLController)
+
+# OpenMP and torch's MKL, each limited for the calling thread only. numpy's OpenBLAS
+# keeps its own process-wide setting.
+_ONE_THREAD_PER_CALLER = {"openmp": 1, "libtorch_cpu": 1}
+
+
+def keep_torch_on_calling_thread() -> threadpool_limits:
+    """Make torch operators on the calling thread run on that thread alone; return the limiter to undo it.
+
+    Meant for every thread but the device thread: the preprocessing pool and the event
+    loop (fusion heads). libgomp keeps a team of worker threads for every thread that
+    opens a parallel region, and once the process has more OpenMP threads than CPU
+    cores it shortens the spinning of all of them. On 2 cores, one parallel operator on
+    the event loop made every later forward pass of the device thread 2 to 3 times
+    slower (GE2E at batch 1: 12 ms before, 40 ms after), and the teams of the
+    preprocessing threads slowed them by 1.3 to 4 times. torch.set_num_threads cannot
+    help here: it changes every thread's count.
+    """
+    # torch sets a thread's OpenMP and MKL counts on its first parallel operator. Let it
     # do that first, so that the limit below stays in force for this thread.
     torch.get_num_threads()
-    threadpool_limits(1, user_api="openmp")
+    return threadpool_limits(limits=_ONE_THREAD_PER_CALLER)
 
 
 def _run_in_inference_mode(fn: Callable[..., T], *args: object) -> T:
