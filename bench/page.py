@@ -234,15 +234,19 @@ def reading_section() -> list[str]:
         "timeouts (30 s) and socket errors.",
         "- On a CPU machine the service's own work shares the cores with the forward passes: HTTP and "
         "multipart parsing, tokenizing, the JSON response and the metrics on the event loop thread, and "
-        "decoding in the preprocessing pool. The bare loop does none of this, so with few cores a served/bare "
-        "ratio at concurrency 64 stays below 1 by about that work's share of the CPU. Separate measurements "
-        "on the 2-core machine on 2026-12-05 read thread CPU times from /proc/PID/task during 8 s of text at "
-        "concurrency 64, in three runs. The event loop thread used 0.7 to 0.9 ms of CPU per request, and the "
-        "two torch threads 5.9 to 7.1 ms per item. The bare loop spends about 6.3 ms of core time per item "
-        "at batch 32, so on 2 cores the text ratio can reach about 6.3 / (6.3 + 0.8) = 0.89. Before the "
-        "service exempted its loaded objects from Python's garbage collector, the event loop thread used 1.0 "
-        "to 1.4 ms per request. Full collections then walked half a million objects three times in 10 s, and "
-        "each stalled the event loop for 0.2 s.",
+        "decoding in the preprocessing pool. The bare loop has no HTTP work, but it preprocesses each batch on "
+        "one thread before the forward pass, while the other core waits. The service preprocesses during the "
+        "previous batch's forward pass. A served/bare ratio can therefore fall on either side of 1, by which of "
+        "the two costs is larger. Image preprocessing (decoding and resizing a 640x480 JPEG) is a large share "
+        "of the bare image loop, so image can run above 1.",
+        "- Thread CPU times from /proc/PID/task during 8 s of text at concurrency 64, in three runs on the "
+        "2-core machine on 2026-12-05: the event loop thread used 0.7 to 0.9 ms of CPU per request, and the two "
+        "torch threads 5.9 to 7.1 ms per item. Before the service exempted its loaded objects from Python's "
+        "garbage collector, the event loop thread used 1.0 to 1.4 ms per request. Full collections then walked "
+        "half a million objects three times in 10 s, and each stalled the event loop for 0.2 s.",
+        "- Run-to-run noise on that machine: bare text at batch 32 gave 313 items/s in one run and 273 in a run "
+        "two hours later, and served audio at concurrency 64 gave 68 to 83 items/s in separate 8 s runs of the "
+        "same code. A ratio within about 0.1 of its target can fall on the other side in another run.",
         "- Audio on the same machine: at concurrency 64 the service ran batches of 32 clips (128 GE2E "
         "windows), and each forward pass took 390 to 420 ms (mms_forward_seconds on /metrics), against 300 to "
         "325 ms for the same batch alone in one process. Thread CPU times from /proc/PID/task over 8 s show "
@@ -255,7 +259,7 @@ def reading_section() -> list[str]:
         "(scheduling class SCHED_IDLE) starved it instead: batches fell to one clip. Lowering the pool threads' "
         "priority (nice 10 and 19) and raising glibc's mmap and trim thresholds changed nothing beyond the noise.",
         "- Torch on threads other than the device thread: libgomp keeps a team of worker threads for every "
-        "thread that runs a parallel operator, and once the process holds more OpenMP threads than cores it "
+        "thread that runs a parallel operator, and once the process has more OpenMP threads than cores it "
         "stops letting them spin while they wait. A single /v1/classify request, whose fusion head runs on the "
         "event loop, used to start a second team; from then on GE2E at batch 1 took 40 ms instead of 12 ms, "
         "and audio at concurrency 1 fell from 61 to 23 items/s. With MMS_TORCH_THREADS set, every "
