@@ -50,14 +50,14 @@ _ONE_THREAD_PER_CALLER = {"openmp": 1, "libtorch_cpu": 1}
 def keep_torch_on_calling_thread() -> threadpool_limits:
     """Make torch operators on the calling thread run on that thread alone; return the limiter to undo it.
 
-    Meant for every thread but the device thread: the preprocessing pool and the event
+    Used on every thread but the device thread: the preprocessing pool and the event
     loop (fusion heads). libgomp keeps a team of worker threads for every thread that
-    opens a parallel region, and once the process has more OpenMP threads than CPU
-    cores it shortens the spinning of all of them. On 2 cores, one parallel operator on
+    opens a parallel region. Once the process has more OpenMP threads than CPU cores,
+    libgomp shortens the spinning of all of them. On 2 cores, one parallel operator on
     the event loop made every later forward pass of the device thread 2 to 3 times
-    slower (GE2E at batch 1: 12 ms before, 40 ms after), and the teams of the
-    preprocessing threads slowed them by 1.3 to 4 times. torch.set_num_threads cannot
-    help here: it changes every thread's count.
+    slower (GE2E at batch 1: 12 ms before, 40 ms after). The teams of the preprocessing
+    threads slowed those passes by 1.3 to 4 times. torch.set_num_threads cannot help
+    here, because it changes every thread's count.
     """
     # torch sets a thread's OpenMP and MKL counts on its first parallel operator. Let it
     # do that first, so that the limit below stays in force for this thread.

@@ -17,7 +17,8 @@ from tests.support.pipelines import write_text_pipeline
 
 def _torch_thread_counts() -> dict[str, int]:
     """Return the calling thread's OpenMP and torch-MKL thread counts, as threadpoolctl reads them."""
-    return {info["prefix"]: info["num_threads"] for info in threadpool_info() if info["prefix"] in ("libgomp", "libtorch_cpu")}
+    torch_libraries = ("libgomp", "libtorch_cpu")
+    return {info["prefix"]: info["num_threads"] for info in threadpool_info() if info["prefix"] in torch_libraries}
 
 
 def test_preprocess_pool_keeps_torch_on_its_threads() -> None:
@@ -84,6 +85,7 @@ def test_only_the_device_thread_starts_torch_threads(tmp_path: Path) -> None:
     loop_thread = threading.Thread(target=asyncio.run, args=(serve_and_run_torch_off_the_device(),))
     loop_thread.start()
     loop_thread.join()
+    assert "loop threads after stop" in outcome, "the event loop thread failed; its traceback is printed above"
     assert outcome["new threads"] == set()
     assert outcome["loop threads while serving"] == 1
     assert outcome["device threads"] == threads
